@@ -1,0 +1,240 @@
+//! The two small protocols on which the scope design rests, written once, against [`crate::sync`]
+//! only, so that the loom models in `tests/loom_scope.rs` check exactly this code.
+//!
+//! # 1. Cache life: `Life`
+//! A cache (scope × size class) holds one reference per attached slab or large object. Object
+//! references are counted per slab, by the slab's owner thread, without atomics (the `used` field,
+//! the per-thread half of a per-CPU reference); the cache counts the slabs, under its lock (the
+//! shared half, touched once per slab). While the scope is open the scope itself keeps the cache:
+//! `nrefs == 0` does not release it. Closing the scope *kills* the cache: from then on no new
+//! reference can be taken (`try_get` fails, the thread re-targets to the nearest open ancestor),
+//! and whoever brings the count to zero in the dying state, the killer or the last `put`, is told
+//! so exactly once and releases the cache.
+//!
+//! Race (a) of the kernel's 2014 thread: a thread obtains a cache of a scope being destroyed and
+//! allocates from it after it is gone. Here a thread gets a new slab from a cache only through
+//! `try_get`, under the cache lock, which fails once `kill` ran; a slab it already holds keeps the
+//! cache alive by its own reference, so the cache cannot go away under it. The cache memory is
+//! type-stable (see `pool`), so even a thread that read a cache pointer just before the release
+//! can lock it and will see, by its identity check, that it is no longer the cache it wanted.
+//!
+//! Race (b): the free path touches the cache after dropping its last reference. `put` returns
+//! `true` to exactly one caller, after which the caller releases the cache and touches it no more;
+//! every other path that drops a reference returns `false` and its holder is no longer allowed to
+//! touch the cache, but it does not need to: everything it needed it did under the lock, before
+//! `put`.
+//!
+//! # 2. Remote free: `remote_push` / `remote_take`
+//! A thread that frees an object of a slab it does not own pushes it onto the slab's
+//! `thread_free` list (a lock-free stack: many pushers, one taker, which takes the whole list, so
+//! there is no ABA). `pending` counts pushed-but-not-taken objects and is raised *before* the push:
+//! the slab's `used` still counts the object then, so the owner cannot find the slab empty and
+//! release it while the pusher still touches it. After its successful CAS the pusher touches
+//! nothing: that is race (b) again, on the slab.
+
+use crate::sync::{AtomicPtr, AtomicU32, Ordering, SpinLock};
+use core::cell::UnsafeCell;
+
+/// Reference state of a cache; see the module essay.
+pub struct Life {
+    lock: SpinLock,
+    state: UnsafeCell<LifeState>,
+}
+
+struct LifeState {
+    dying: bool,
+    nrefs: usize,
+}
+
+// SAFETY: `state` is only accessed under `lock`.
+unsafe impl Sync for Life {}
+// SAFETY: no thread affinity.
+unsafe impl Send for Life {}
+
+impl Life {
+    /// A live cache with no references.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Life {
+            lock: SpinLock::new(),
+            state: UnsafeCell::new(LifeState {
+                dying: false,
+                nrefs: 0,
+            }),
+        }
+    }
+
+    /// A live cache with no references.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Life {
+            lock: SpinLock::new(),
+            state: UnsafeCell::new(LifeState {
+                dying: false,
+                nrefs: 0,
+            }),
+        }
+    }
+
+    /// Re-arms a released cache for reuse (pool memory is type-stable).
+    pub fn reset(&self) {
+        self.lock.lock();
+        // SAFETY: we hold the lock.
+        unsafe {
+            *self.state.get() = LifeState {
+                dying: false,
+                nrefs: 0,
+            };
+        }
+        self.lock.unlock();
+    }
+
+    /// Takes the cache lock; the caller may then use [`Life::try_get_locked`] and the other
+    /// `_locked` calls and must call [`Life::unlock`].
+    pub fn lock(&self) {
+        self.lock.lock();
+    }
+
+    /// Releases the lock taken by [`Life::lock`].
+    pub fn unlock(&self) {
+        self.lock.unlock();
+    }
+
+    /// Releases the lock in a fork child.
+    pub fn force_unlock(&self) {
+        self.lock.force_unlock();
+    }
+
+    /// Takes a reference unless the cache is dying. Lock held.
+    pub fn try_get_locked(&self) -> bool {
+        // SAFETY: the caller holds the lock.
+        let st = unsafe { &mut *self.state.get() };
+        if st.dying {
+            return false;
+        }
+        st.nrefs += 1;
+        true
+    }
+
+    /// Drops a reference; `true` means the caller dropped the last one of a dying cache and must
+    /// release it (after unlocking). Lock held.
+    pub fn put_locked(&self) -> bool {
+        // SAFETY: the caller holds the lock.
+        let st = unsafe { &mut *self.state.get() };
+        st.nrefs -= 1;
+        st.dying && st.nrefs == 0
+    }
+
+    /// Marks the cache dying; `true` means it holds no reference and the caller must release it.
+    /// Lock held.
+    pub fn kill_locked(&self) -> bool {
+        // SAFETY: the caller holds the lock.
+        let st = unsafe { &mut *self.state.get() };
+        let first = !st.dying;
+        st.dying = true;
+        first && st.nrefs == 0
+    }
+
+    /// Whether the cache is dying. Lock held.
+    pub fn is_dying_locked(&self) -> bool {
+        // SAFETY: the caller holds the lock.
+        unsafe { (*self.state.get()).dying }
+    }
+
+    /// References held. Lock held.
+    pub fn refs_locked(&self) -> usize {
+        // SAFETY: the caller holds the lock.
+        unsafe { (*self.state.get()).nrefs }
+    }
+
+    /// `try_get_locked` under the lock.
+    pub fn try_get(&self) -> bool {
+        self.lock();
+        let ok = self.try_get_locked();
+        self.unlock();
+        ok
+    }
+
+    /// `put_locked` under the lock.
+    pub fn put(&self) -> bool {
+        self.lock();
+        let last = self.put_locked();
+        self.unlock();
+        last
+    }
+
+    /// `kill_locked` under the lock.
+    pub fn kill(&self) -> bool {
+        self.lock();
+        let last = self.kill_locked();
+        self.unlock();
+        last
+    }
+}
+
+impl Default for Life {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Something that can be linked into a remote-free list through its first word.
+pub trait Linked {
+    /// Reads the link.
+    ///
+    /// # Safety
+    /// `this` points to a valid node.
+    unsafe fn next(this: *mut Self) -> *mut Self;
+    /// Writes the link.
+    ///
+    /// # Safety
+    /// `this` points to a valid node owned by the caller.
+    unsafe fn set_next(this: *mut Self, next: *mut Self);
+}
+
+/// Pushes `node` onto a remote-free list. After this returns the caller must not touch the slab
+/// that owns the list: the owner may take the node and release the slab at once.
+///
+/// # Safety
+/// `node` is a valid node owned by the caller, not on any list.
+pub unsafe fn remote_push<T: Linked>(head: &AtomicPtr<T>, pending: &AtomicU32, node: *mut T) {
+    pending.fetch_add(1, Ordering::Relaxed);
+    let mut cur = head.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: we own node until the CAS publishes it.
+        unsafe { T::set_next(node, cur) };
+        match head.compare_exchange_weak(cur, node, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(h) => cur = h,
+        }
+    }
+}
+
+/// Takes the whole remote-free list: returns (first, last, count); the caller, the owner, now owns
+/// the nodes. `pending` is lowered here, before the caller lowers its own `used` count.
+///
+/// # Safety
+/// Only the owner of the list calls this.
+pub unsafe fn remote_take<T: Linked>(
+    head: &AtomicPtr<T>,
+    pending: &AtomicU32,
+) -> (*mut T, *mut T, u32) {
+    let first = head.swap(core::ptr::null_mut(), Ordering::Acquire);
+    if first.is_null() {
+        return (first, first, 0);
+    }
+    let mut n = 1u32;
+    let mut last = first;
+    loop {
+        // SAFETY: nodes published by remote_push were fully written before the Release CAS that
+        // our Acquire swap synchronises with.
+        let next = unsafe { T::next(last) };
+        if next.is_null() {
+            break;
+        }
+        last = next;
+        n += 1;
+    }
+    pending.fetch_sub(n, Ordering::Relaxed);
+    (first, last, n)
+}

@@ -1,0 +1,161 @@
+//! Size classes: a request size is rounded up to one of [`NCLASSES`] object sizes.
+//!
+//! Spacing: 8 bytes up to 128 B, then 8 classes per doubling (step = 1/8 of the power of two
+//! below), up to [`MAX_SMALL`] = 32 KiB. So every size above 64 B wastes at most 12.5 % (the step
+//! is at most an eighth of the size). Every power of two is a class, which serves aligned
+//! requests: a class whose size is a multiple of the alignment, in a slab that starts on a page
+//! boundary, gives aligned objects without any per-object work.
+
+/// Largest small size; bigger requests are "large" (page spans) or "huge" (own mapping).
+pub const MAX_SMALL: usize = 32 * 1024;
+/// Number of small size classes.
+pub const NCLASSES: usize = 80;
+/// Pseudo class index of the large objects' cache of a scope.
+pub const LARGE_CLASS: usize = NCLASSES;
+
+const LOOKUP_MAX: usize = 1024;
+/// Class of every size ≤ 1 KiB, by `(size + 7) / 8`, so the common case is one table load.
+static LOOKUP: [u8; LOOKUP_MAX / 8 + 1] = build_lookup();
+
+const fn build_lookup() -> [u8; LOOKUP_MAX / 8 + 1] {
+    let mut t = [0u8; LOOKUP_MAX / 8 + 1];
+    let mut i = 0;
+    while i <= LOOKUP_MAX / 8 {
+        let size = if i == 0 { 1 } else { i * 8 };
+        t[i] = class_of_slow(size) as u8;
+        i += 1;
+    }
+    t
+}
+
+/// The class of a size in `1..=MAX_SMALL`, computed without tables.
+pub const fn class_of_slow(size: usize) -> usize {
+    if size <= 128 {
+        return if size == 0 { 0 } else { (size + 7) / 8 - 1 };
+    }
+    let s = size - 1;
+    let b = (usize::BITS - 1 - s.leading_zeros()) as usize; // 2^b <= s < 2^(b+1), b >= 7
+    let idx = (s >> (b - 3)) - 8;
+    16 + (b - 7) * 8 + idx
+}
+
+/// The class of a size in `0..=MAX_SMALL` (0 maps to the 8-byte class).
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    if size <= LOOKUP_MAX {
+        LOOKUP[(size + 7) >> 3] as usize
+    } else {
+        class_of_slow(size)
+    }
+}
+
+/// Object size of class `c`.
+pub const fn class_size(c: usize) -> usize {
+    if c < 16 {
+        (c + 1) * 8
+    } else {
+        let k = c - 16;
+        let b = 7 + k / 8;
+        let i = k % 8;
+        (1 << b) + (i + 1) * (1 << (b - 3))
+    }
+}
+
+/// Object sizes of all classes, for the paths that read it per object.
+pub static SIZES: [u32; NCLASSES] = build_sizes();
+
+const fn build_sizes() -> [u32; NCLASSES] {
+    let mut t = [0u32; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = class_size(c) as u32;
+        c += 1;
+    }
+    t
+}
+
+/// The class serving `size` bytes at alignment `align` (a power of two), or `None` when the
+/// request must go to the large path. Alignments up to 16 bytes follow the size; larger ones pick
+/// a class whose size is a multiple of the alignment.
+#[inline]
+pub fn class_for(size: usize, align: usize) -> Option<usize> {
+    if align <= 8 {
+        if size <= MAX_SMALL {
+            return Some(class_of(size));
+        }
+        return None;
+    }
+    let rounded = (size.max(1) + align - 1) & !(align - 1);
+    if rounded > MAX_SMALL {
+        return None;
+    }
+    let c = class_of(rounded);
+    if class_size(c) % align == 0 {
+        return Some(c);
+    }
+    // Powers of two are classes, and a power of two ≥ align is a multiple of it.
+    let p = rounded.next_power_of_two();
+    if p > MAX_SMALL {
+        None
+    } else {
+        Some(class_of(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_maps_to_a_class_at_least_as_large() {
+        for size in 0..=MAX_SMALL {
+            let c = class_of(size);
+            assert!(c < NCLASSES);
+            assert!(class_size(c) >= size, "size {size} class {c}");
+            if c > 0 {
+                assert!(class_size(c - 1) < size, "size {size} not in the smallest class");
+            }
+        }
+    }
+
+    #[test]
+    fn waste_above_64_bytes_is_at_most_an_eighth() {
+        for size in 65..=MAX_SMALL {
+            let waste = class_size(class_of(size)) - size;
+            assert!(waste * 8 <= size, "size {size} wastes {waste}");
+        }
+    }
+
+    #[test]
+    fn classes_are_strictly_increasing_and_end_at_max_small() {
+        for c in 1..NCLASSES {
+            assert!(class_size(c) > class_size(c - 1));
+            assert_eq!(SIZES[c] as usize, class_size(c));
+        }
+        assert_eq!(class_size(NCLASSES - 1), MAX_SMALL);
+        assert_eq!(class_of(MAX_SMALL), NCLASSES - 1);
+    }
+
+    #[test]
+    fn table_lookup_agrees_with_computation() {
+        for size in 1..=MAX_SMALL {
+            assert_eq!(class_of(size), class_of_slow(size));
+        }
+    }
+
+    #[test]
+    fn aligned_classes_are_multiples_of_the_alignment() {
+        let mut align = 16;
+        while align <= MAX_SMALL {
+            for size in [1, 7, 16, 100, 1000, 5000, 20000, MAX_SMALL] {
+                if let Some(c) = class_for(size, align) {
+                    assert_eq!(class_size(c) % align, 0, "size {size} align {align}");
+                    assert!(class_size(c) >= size);
+                }
+            }
+            align *= 2;
+        }
+        assert_eq!(class_for(MAX_SMALL + 1, 8), None);
+        assert_eq!(class_for(100, 64 * 1024), None);
+    }
+}
