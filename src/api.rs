@@ -2,7 +2,7 @@
 
 use crate::heap::{self, Table};
 use crate::scope::{self, ScopeNode};
-use crate::segment::{self, slab_of, KIND_HUGE, KIND_SMALL};
+use crate::segment::{self, slab_of, KIND_SMALL};
 use crate::size_class::{class_for, class_of, MAX_SMALL};
 use crate::{os, sync::Ordering};
 use core::alloc::{GlobalAlloc, Layout};
@@ -558,13 +558,6 @@ pub mod raw {
     /// in a slab of this thread, or describes no live large object.
     pub fn is_double_free(ptr: *const u8) -> bool {
         heap::is_double_free(ptr)
-    }
-
-    /// Whether the huge object at `ptr` is fresh from the OS (for tests).
-    #[doc(hidden)]
-    pub fn is_huge(ptr: *const u8) -> bool {
-        // SAFETY: the caller passes a live pointer of ours.
-        unsafe { (*slab_of(ptr)).kind == KIND_HUGE }
     }
 }
 

@@ -179,7 +179,7 @@ fn alloc_slow(class: usize) -> *mut u8 {
     // SAFETY: heap is this thread's; tables come from current_table.
     unsafe {
         (*heap).slow_count += 1;
-        if (*heap).slow_count % MAINTENANCE_EVERY == 0 {
+        if (*heap).slow_count.is_multiple_of(MAINTENANCE_EVERY) {
             maintenance(heap, false);
         }
         let size = SIZES[class] as i64;
@@ -384,8 +384,9 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
         (*s).aprev = null_mut();
         (*s).owner.store(heap as usize, Ordering::Release);
         (*c).life.lock();
-        if (*c).origin_id.load(Ordering::Relaxed) == 0 || !(*c).life.try_get_locked() {
-            // Closed between our two looks: give the pages back and re-target.
+        if !owned_by(c, (*t).scope) || !(*c).life.try_get_locked() {
+            // Closed (and maybe released and reused) between our two looks: give the pages
+            // back and re-target.
             (*c).life.unlock();
             segment::free_span(span.seg, span.idx, npages);
             return Found::Closed;
@@ -395,6 +396,12 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
         list_push(t, class, s);
         Found::Slab(s)
     }
+}
+
+/// Whether the (type-stable) cache `c` is still the cache of scope `s`. Cache lock held.
+unsafe fn owned_by(c: *mut Cache, s: *mut ScopeNode) -> bool {
+    // SAFETY: c's memory is type-stable; s is referenced by the caller.
+    unsafe { (*c).origin_id.load(Ordering::Acquire) == (*s).id.load(Ordering::Relaxed) }
 }
 
 /// Charges a new batch to the table's scope. On a refusal, first gives back this thread's other
@@ -710,7 +717,7 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
             (*slab).cache = c;
             (*slab).owner.store(OWNER_LARGE, Ordering::Release);
             (*c).life.lock();
-            if (*c).origin_id.load(Ordering::Relaxed) == 0 || !(*c).life.try_get_locked() {
+            if !owned_by(c, s) || !(*c).life.try_get_locked() {
                 (*c).life.unlock();
                 release_large_memory(slab);
                 scope::uncharge(s, usable as u64);
@@ -1112,7 +1119,9 @@ pub fn enter(s: *mut ScopeNode) -> *mut Table {
     unsafe {
         let prev = tls_table();
         let t = table_for(h, s);
-        (*prev).pins += 1;
+        if prev != empty_table() {
+            (*prev).pins += 1;
+        }
         set_tls_table(t);
         prev
     }
@@ -1126,9 +1135,11 @@ pub unsafe fn leave(prev: *mut Table) {
     if prev.is_null() {
         return;
     }
-    // SAFETY: prev is pinned, so it was not freed.
+    // SAFETY: prev is pinned, so it was not freed; the empty table is never written.
     unsafe {
-        (*prev).pins -= 1;
+        if prev != empty_table() {
+            (*prev).pins -= 1;
+        }
     }
     set_tls_table(prev);
 }

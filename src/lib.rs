@@ -29,8 +29,8 @@
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
-pub mod sync;
 pub mod lifecycle;
+pub mod sync;
 
 #[cfg(not(loom))]
 mod fork;

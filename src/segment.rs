@@ -109,31 +109,33 @@ pub struct Slab {
 
 impl Slab {
     /// A descriptor of nothing; the fast path's stand-in when a table has no slab for a class.
-    pub const EMPTY: Slab = Slab {
-        free: null_mut(),
-        used: AtomicU32::new(0),
-        block_size: 0,
-        table: null_mut(),
-        owner: AtomicUsize::new(OWNER_NONE),
-        allocs: AtomicU64::new(0),
-        thread_free: AtomicPtr::new(null_mut()),
-        pending: AtomicU32::new(0),
-        carved: 0,
-        capacity: 0,
-        class: 0,
-        kind: KIND_FREE,
-        zeroed: false,
-        start: null_mut(),
-        npages: 0,
-        page_idx: 0,
-        tnext: null_mut(),
-        tprev: null_mut(),
-        cache: null_mut(),
-        cnext: null_mut(),
-        cprev: null_mut(),
-        anext: null_mut(),
-        aprev: null_mut(),
-    };
+    pub const fn empty() -> Slab {
+        Slab {
+            free: null_mut(),
+            used: AtomicU32::new(0),
+            block_size: 0,
+            table: null_mut(),
+            owner: AtomicUsize::new(OWNER_NONE),
+            allocs: AtomicU64::new(0),
+            thread_free: AtomicPtr::new(null_mut()),
+            pending: AtomicU32::new(0),
+            carved: 0,
+            capacity: 0,
+            class: 0,
+            kind: KIND_FREE,
+            zeroed: false,
+            start: null_mut(),
+            npages: 0,
+            page_idx: 0,
+            tnext: null_mut(),
+            tprev: null_mut(),
+            cache: null_mut(),
+            cnext: null_mut(),
+            cprev: null_mut(),
+            anext: null_mut(),
+            aprev: null_mut(),
+        }
+    }
 
     /// Objects that are live: handed out and not freed (remote frees waiting count as freed).
     pub fn live(&self) -> u32 {
@@ -147,7 +149,7 @@ pub struct EmptySlab(pub UnsafeCell<Slab>);
 // SAFETY: the empty slab is never written: its free list is null, so every path that would write
 // it takes the slow path first, which never writes a slab of kind KIND_FREE.
 unsafe impl Sync for EmptySlab {}
-pub static EMPTY_SLAB: EmptySlab = EmptySlab(UnsafeCell::new(Slab::EMPTY));
+pub static EMPTY_SLAB: EmptySlab = EmptySlab(UnsafeCell::new(Slab::empty()));
 
 /// Header of a segment (small segments and huge mappings alike).
 #[repr(C)]
@@ -233,9 +235,9 @@ pub fn owns(p: *const u8) -> bool {
             KIND_SMALL => {
                 let off = (p as usize).wrapping_sub((*s).start as usize);
                 off < (*s).capacity as usize * (*s).block_size as usize
-                    && off % (*s).block_size as usize == 0
+                    && off.is_multiple_of((*s).block_size as usize)
             }
-            KIND_LARGE | KIND_HUGE => p == (*s).start as *const u8,
+            KIND_LARGE | KIND_HUGE => core::ptr::eq(p, (*s).start),
             _ => false,
         }
     }
@@ -372,7 +374,10 @@ pub fn alloc_span(n: usize, align_pages: usize) -> Option<Span> {
         (*seg).dirty_old &= !m;
         (*seg).free_mask &= !m;
         // Pages that were clean (fresh or purged) are committed again from now on.
-        os::PURGED.fetch_sub((m & !dirty).count_ones() as usize * PAGE_SIZE, Ordering::Relaxed);
+        os::PURGED.fetch_sub(
+            (m & !dirty).count_ones() as usize * PAGE_SIZE,
+            Ordering::Relaxed,
+        );
         st.used_pages += n;
         if (*seg).free_mask == 0 {
             list_remove(&mut st.avail, seg);
@@ -484,10 +489,7 @@ unsafe fn purge_pages(seg: *mut Segment, mask: u64) {
         let len = (m >> start).trailing_ones() as usize;
         // SAFETY: the pages are free pages of our segment.
         unsafe {
-            os::purge(
-                (seg as *mut u8).add(start * PAGE_SIZE),
-                len * PAGE_SIZE,
-            );
+            os::purge((seg as *mut u8).add(start * PAGE_SIZE), len * PAGE_SIZE);
         }
         os::PURGED.fetch_add(len * PAGE_SIZE, Ordering::Relaxed);
         m &= !run_mask(len, start);

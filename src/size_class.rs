@@ -31,7 +31,7 @@ const fn build_lookup() -> [u8; LOOKUP_MAX / 8 + 1] {
 /// The class of a size in `1..=MAX_SMALL`, computed without tables.
 pub const fn class_of_slow(size: usize) -> usize {
     if size <= 128 {
-        return if size == 0 { 0 } else { (size + 7) / 8 - 1 };
+        return if size == 0 { 0 } else { size.div_ceil(8) - 1 };
     }
     let s = size - 1;
     let b = (usize::BITS - 1 - s.leading_zeros()) as usize; // 2^b <= s < 2^(b+1), b >= 7
@@ -90,7 +90,7 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
         return None;
     }
     let c = class_of(rounded);
-    if class_size(c) % align == 0 {
+    if class_size(c).is_multiple_of(align) {
         return Some(c);
     }
     // Powers of two are classes, and a power of two ≥ align is a multiple of it.
@@ -113,7 +113,10 @@ mod tests {
             assert!(c < NCLASSES);
             assert!(class_size(c) >= size, "size {size} class {c}");
             if c > 0 {
-                assert!(class_size(c - 1) < size, "size {size} not in the smallest class");
+                assert!(
+                    class_size(c - 1) < size,
+                    "size {size} not in the smallest class"
+                );
             }
         }
     }
@@ -128,9 +131,9 @@ mod tests {
 
     #[test]
     fn classes_are_strictly_increasing_and_end_at_max_small() {
-        for c in 1..NCLASSES {
+        for (c, &size) in SIZES.iter().enumerate().skip(1) {
             assert!(class_size(c) > class_size(c - 1));
-            assert_eq!(SIZES[c] as usize, class_size(c));
+            assert_eq!(size as usize, class_size(c));
         }
         assert_eq!(class_size(NCLASSES - 1), MAX_SMALL);
         assert_eq!(class_of(MAX_SMALL), NCLASSES - 1);

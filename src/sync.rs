@@ -4,10 +4,10 @@
 //! Under loom only the protocol modules ([`crate::lifecycle`]) are compiled: they are written
 //! against these names and nothing else.
 
-#[cfg(loom)]
-pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 #[cfg(not(loom))]
 pub use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
+#[cfg(loom)]
+pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 
 pub use core::sync::atomic::Ordering;
 

@@ -1,0 +1,249 @@
+//! Loom models of the scope protocol (`src/lifecycle.rs`), the code that makes the kernel's two
+//! races impossible. Run with:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" cargo test --release --test loom_scope
+//! ```
+//!
+//! Each model explores every interleaving of its threads. The "cache" of a model is a `Life` plus
+//! a `released` flag; touching a released cache, releasing twice or never releasing a dying,
+//! unreferenced cache fails the model.
+#![cfg(loom)]
+
+use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+use scopealloc::lifecycle::{remote_push, remote_take, Life, Linked};
+
+struct ModelCache {
+    life: Life,
+    released: AtomicBool,
+    releases: AtomicUsize,
+    /// Stands for `Cache::scope`: 0 = origin, 1 = ancestor (changed under the lock).
+    target: AtomicUsize,
+}
+
+impl ModelCache {
+    fn new() -> Arc<Self> {
+        Arc::new(ModelCache {
+            life: Life::new(),
+            released: AtomicBool::new(false),
+            releases: AtomicUsize::new(0),
+            target: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        assert!(
+            !self.released.load(Ordering::SeqCst),
+            "a thread touched a released cache"
+        );
+    }
+
+    fn release(&self) {
+        self.touch();
+        self.released.store(true, Ordering::SeqCst);
+        self.releases.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn check_end(&self, expect_released: bool) {
+        assert_eq!(
+            self.releases.load(Ordering::SeqCst),
+            expect_released as usize,
+            "released exactly once when dying and unreferenced, never otherwise"
+        );
+    }
+}
+
+/// Race (a): a thread takes a new slab from a cache while another closes its scope. Either the
+/// allocation wins (it holds a reference, the cache outlives its use, and its put releases it) or
+/// the close wins (the allocation is refused and re-targets).
+#[test]
+fn allocate_vs_close() {
+    loom::model(|| {
+        let c = ModelCache::new();
+        let a = {
+            let c = c.clone();
+            thread::spawn(move || {
+                c.life.lock();
+                let got = c.life.try_get_locked();
+                c.life.unlock();
+                if got {
+                    c.touch(); // allocate from the new slab
+                    if c.life.put() {
+                        c.release();
+                    }
+                }
+            })
+        };
+        if c.life.kill() {
+            c.release();
+        }
+        a.join().unwrap();
+        c.check_end(true);
+    });
+}
+
+/// Race (b): the free of the last object, the close and a reparenting (of an ancestor's close)
+/// run together. The freeing thread reads the target and uncharges under the lock, then drops
+/// its reference; only the holder of the last reference of a dying cache releases it.
+#[test]
+fn free_of_last_object_vs_close_vs_reparent() {
+    loom::model(|| {
+        let c = ModelCache::new();
+        assert!(c.life.try_get()); // the slab holding the last object
+        let freer = {
+            let c = c.clone();
+            thread::spawn(move || {
+                c.life.lock();
+                let _uncharge_to = c.target.load(Ordering::SeqCst);
+                let last = c.life.put_locked();
+                c.life.unlock();
+                if last {
+                    c.release();
+                }
+                // Nothing touches `c` after its put: that is the whole point.
+            })
+        };
+        let closer = {
+            let c = c.clone();
+            thread::spawn(move || {
+                c.life.lock();
+                let last = c.life.kill_locked();
+                c.target.store(1, Ordering::SeqCst);
+                c.life.unlock();
+                if last {
+                    c.release();
+                }
+            })
+        };
+        freer.join().unwrap();
+        closer.join().unwrap();
+        c.check_end(true);
+    });
+}
+
+/// A parent and its child closed at once both kill the child's caches: exactly one release.
+#[test]
+fn concurrent_close_of_parent_and_child() {
+    loom::model(|| {
+        let c = ModelCache::new();
+        let t = {
+            let c = c.clone();
+            thread::spawn(move || {
+                if c.life.kill() {
+                    c.release();
+                }
+            })
+        };
+        if c.life.kill() {
+            c.release();
+        }
+        t.join().unwrap();
+        c.check_end(true);
+    });
+}
+
+/// Entering a scope while it closes: the entering thread checks the scope's state, then attaches;
+/// whatever the order, it never holds a reference to a released cache and nothing leaks.
+#[test]
+fn enter_of_a_closing_scope() {
+    loom::model(|| {
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = ModelCache::new();
+        let enterer = {
+            let (c, closed) = (c.clone(), closed.clone());
+            thread::spawn(move || {
+                if closed.load(Ordering::Acquire) {
+                    return; // re-target to the ancestor
+                }
+                if c.life.try_get() {
+                    c.touch();
+                    if c.life.put() {
+                        c.release();
+                    }
+                }
+            })
+        };
+        closed.store(true, Ordering::Release);
+        if c.life.kill() {
+            c.release();
+        }
+        enterer.join().unwrap();
+        c.check_end(true);
+    });
+}
+
+struct Node {
+    next: *mut Node,
+}
+
+impl Linked for Node {
+    unsafe fn next(this: *mut Self) -> *mut Self {
+        unsafe { (*this).next }
+    }
+    unsafe fn set_next(this: *mut Self, next: *mut Self) {
+        unsafe { (*this).next = next }
+    }
+}
+
+struct ModelSlab {
+    thread_free: AtomicPtr<Node>,
+    pending: AtomicU32,
+    used: AtomicU32,
+}
+
+unsafe impl Send for ModelSlab {}
+unsafe impl Sync for ModelSlab {}
+
+/// A remote free of the slab's last object races with the owner taking remote frees: the owner
+/// may release the slab only when every object is back, and then no pusher is in flight.
+#[test]
+fn remote_free_of_last_object_vs_owner_release() {
+    loom::model(|| {
+        let slab = Arc::new(ModelSlab {
+            thread_free: AtomicPtr::new(core::ptr::null_mut()),
+            pending: AtomicU32::new(0),
+            used: AtomicU32::new(2),
+        });
+        let a = Box::into_raw(Box::new(Node {
+            next: core::ptr::null_mut(),
+        })) as usize;
+        let b = Box::into_raw(Box::new(Node {
+            next: core::ptr::null_mut(),
+        })) as usize;
+        let pushers: Vec<_> = [a, b]
+            .into_iter()
+            .map(|n| {
+                let s = slab.clone();
+                thread::spawn(move || unsafe {
+                    remote_push(&s.thread_free, &s.pending, n as *mut Node);
+                })
+            })
+            .collect();
+        // The owner collects until the slab is empty, then "releases" it.
+        loop {
+            let (first, _last, n) = unsafe { remote_take(&slab.thread_free, &slab.pending) };
+            let _ = first;
+            let used = slab.used.load(Ordering::Relaxed) - n;
+            slab.used.store(used, Ordering::Relaxed);
+            if used == 0 {
+                assert_eq!(
+                    slab.pending.load(Ordering::Relaxed),
+                    0,
+                    "released while a pusher was in flight"
+                );
+                assert!(slab.thread_free.load(Ordering::Relaxed).is_null());
+                break;
+            }
+            thread::yield_now();
+        }
+        for p in pushers {
+            p.join().unwrap();
+        }
+        unsafe {
+            drop(Box::from_raw(a as *mut Node));
+            drop(Box::from_raw(b as *mut Node));
+        }
+    });
+}
