@@ -251,7 +251,7 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
         while !x.is_null() && n < SCAN_LIMIT {
             let next = (*x).tnext;
             if x != cur && ready(x) {
-                (*t).current[class] = x;
+                set_current(t, class, x);
                 return Found::Slab(x);
             }
             n += 1;
@@ -259,7 +259,7 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
         }
         match new_slab(heap, t, class) {
             Found::Slab(s) => {
-                (*t).current[class] = s;
+                set_current(t, class, s);
                 if ready(s) {
                     Found::Slab(s)
                 } else {
@@ -268,6 +268,22 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
             }
             other => other,
         }
+    }
+}
+
+/// Makes `s` the slab the fast path of `t` pops for `class`; the previous one becomes eligible
+/// for release when empty.
+unsafe fn set_current(t: *mut Table, class: usize, s: *mut Slab) {
+    // SAFETY: t and its slabs are this thread's; the empty slab is never written.
+    unsafe {
+        let old = (*t).current[class];
+        if old != empty_slab() {
+            (*old).retire_at = 0;
+        }
+        if s != empty_slab() {
+            (*s).retire_at = u32::MAX;
+        }
+        (*t).current[class] = s;
     }
 }
 
@@ -353,6 +369,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
             // found again once frees come back to it.
             (*s).owner.store(heap as usize, Ordering::Release);
             (*s).table = t;
+            (*s).retire_at = 0;
             (*c).life.unlock();
             list_push(t, class, s);
             if ready(s) {
@@ -367,6 +384,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
         let size = SIZES[class];
         (*s).free = null_mut();
         (*s).used.store(0, Ordering::Relaxed);
+        (*s).retire_at = 0;
         (*s).block_size = size;
         (*s).table = t;
         (*s).allocs.store(0, Ordering::Relaxed);
@@ -492,7 +510,7 @@ pub unsafe fn free(p: *mut u8) {
             (*s).used.store(used, Ordering::Relaxed);
             let t = (*s).table;
             (*t).stock += (*s).block_size as i64;
-            if used == 0 || (*t).stock > STOCK_HIGH {
+            if used == (*s).retire_at || (*t).stock > STOCK_HIGH {
                 free_local_tail(t, s);
             }
             return;
@@ -947,7 +965,7 @@ unsafe fn retire_table(t: *mut Table) {
     // SAFETY: t and its slabs are this thread's.
     unsafe {
         for class in 0..NCLASSES {
-            (*t).current[class] = empty_slab();
+            set_current(t, class, empty_slab());
             loop {
                 let s = (*t).lists[class];
                 if s.is_null() {
@@ -1003,7 +1021,7 @@ unsafe fn maintenance(h: *mut Heap, force: bool) {
                             let next = (*s).tnext;
                             if (*s).used.load(Ordering::Relaxed) == 0 {
                                 if (*t).current[class] == s {
-                                    (*t).current[class] = empty_slab();
+                                    set_current(t, class, empty_slab());
                                 }
                                 retire_slab(t, s);
                             }

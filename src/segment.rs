@@ -83,6 +83,9 @@ pub struct Block {
 pub struct Slab {
     pub free: *mut Block,
     pub used: AtomicU32,
+    /// `used` value at which a local free must look at the slab: 0 when the slab is not its
+    /// table's current slab (an empty slab is then released), `u32::MAX` (never) while current.
+    pub retire_at: u32,
     pub block_size: u32,
     pub table: *mut Table,
     pub owner: AtomicUsize,
@@ -113,6 +116,7 @@ impl Slab {
         Slab {
             free: null_mut(),
             used: AtomicU32::new(0),
+            retire_at: 0,
             block_size: 0,
             table: null_mut(),
             owner: AtomicUsize::new(OWNER_NONE),
