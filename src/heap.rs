@@ -1162,7 +1162,8 @@ pub unsafe fn leave(prev: *mut Table) {
     set_tls_table(prev);
 }
 
-/// The scope the calling thread is in (the root when it has no table yet).
+/// The scope the calling thread allocates in: the root when it has no table yet, the nearest open
+/// ancestor when its scope was closed.
 pub fn current_scope() -> *mut ScopeNode {
     let t = tls_table();
     // SAFETY: the TLS table is empty or live.
@@ -1170,7 +1171,7 @@ pub fn current_scope() -> *mut ScopeNode {
         if t == empty_table() || (*t).scope.is_null() {
             scope::root()
         } else {
-            (*t).scope
+            scope::nearest_live((*t).scope)
         }
     }
 }
