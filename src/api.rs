@@ -134,6 +134,27 @@ pub fn set_decay_ms(ms: u64) {
     segment::DECAY_MS.store(ms, Ordering::Relaxed);
 }
 
+/// Starts (once per process) a background thread that runs the decay every `decay/2` ms even
+/// when the program makes no allocator calls, so that idle memory goes back to the OS; without
+/// it, the decay runs on allocator activity and at [`trim`]. Returns false if it was already
+/// running or the thread could not be spawned.
+pub fn start_background_decay() -> bool {
+    use std::sync::atomic::AtomicBool;
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    std::thread::Builder::new()
+        .name("scopealloc-decay".into())
+        .spawn(|| loop {
+            let ms = segment::DECAY_MS.load(Ordering::Relaxed).max(2);
+            std::thread::sleep(std::time::Duration::from_millis(ms / 2));
+            heap::sweep_abandoned();
+            segment::tick(false);
+        })
+        .is_ok()
+}
+
 /// Figures of the allocator's memory, for tests and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapStats {
