@@ -122,9 +122,11 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 }
 
 /// Returns to the OS all the free memory it can, now: this thread's empty slabs, empty slabs of
-/// exited threads, and every free page.
+/// exited threads, every free page, and the pages of released scope, table and heap metadata.
 pub fn trim() {
     heap::trim();
+    scope::trim_pools();
+    heap::trim_pools();
 }
 
 /// How long free pages stay committed before the decay gives them back (default 1000 ms; 0 =

@@ -1065,6 +1065,12 @@ pub fn trim() {
     }
 }
 
+/// Returns the pages of freed heaps and tables to the OS (`trim`).
+pub fn trim_pools() {
+    HEAPS.trim();
+    TABLES.trim();
+}
+
 /// Reaps this thread's tables of closed scopes (for `global_stats`).
 pub fn reap() {
     let h = tls_heap();

@@ -165,6 +165,53 @@ impl<T> Pool<T> {
         }
     }
 
+    /// Gives back to the OS every page of the pool that holds only free items (they read as zero
+    /// afterwards, which is a valid free item), then rebuilds the free list, whose links lived in
+    /// those pages. Only for pools whose freed items nobody reads (not caches, whose freed items
+    /// may still be locked by a racing thread).
+    pub fn trim(&self) {
+        const OS_PAGE: usize = 4096;
+        let size = size_of::<Slot<T>>();
+        self.lock.lock();
+        let mut head: *mut Slot<T> = core::ptr::null_mut();
+        let mut chunk = self.chunks.load(Ordering::Acquire);
+        while !chunk.is_null() {
+            let first = Self::first_slot(chunk);
+            // SAFETY: chunks are ours and never unmapped; we hold the lock, so no slot changes
+            // between free and live.
+            unsafe {
+                let count = (*chunk).count;
+                let area_end = first as usize + count * size;
+                // Page 0 holds the chunk header: never purged.
+                let mut page = (chunk as usize + OS_PAGE).max(first as usize) & !(OS_PAGE - 1);
+                if page < first as usize {
+                    page += OS_PAGE;
+                }
+                while page + OS_PAGE <= area_end {
+                    let lo = (page - first as usize) / size;
+                    let hi = (page + OS_PAGE - 1 - first as usize) / size;
+                    if (lo..=hi.min(count - 1))
+                        .all(|i| !(*first.add(i)).live.load(Ordering::Relaxed))
+                    {
+                        os::purge(page as *mut u8, OS_PAGE);
+                    }
+                    page += OS_PAGE;
+                }
+                for i in (0..count).rev() {
+                    let s = first.add(i);
+                    if !(*s).live.load(Ordering::Relaxed) {
+                        *(*s).next_free.get() = head;
+                        head = s;
+                    }
+                }
+                chunk = (*chunk).next;
+            }
+        }
+        // SAFETY: we hold the lock.
+        unsafe { *self.free.get() = head };
+        self.lock.unlock();
+    }
+
     /// Takes the pool lock (fork prepare).
     pub fn lock(&self) {
         self.lock.lock();
@@ -211,5 +258,38 @@ mod tests {
             }
         });
         assert_eq!(seen, 0);
+    }
+
+    #[test]
+    fn trim_keeps_live_items_and_every_free_item_reusable() {
+        static POOL: Pool<Item> = Pool::new();
+        let items: Vec<*mut Item> = (0..2000).map(|_| POOL.alloc()).collect();
+        // SAFETY: the items are live items of POOL.
+        unsafe {
+            for (i, &it) in items.iter().enumerate() {
+                (*it).a = i;
+            }
+            for &it in &items[10..1990] {
+                POOL.free(it);
+            }
+            POOL.trim();
+            for (i, &it) in items[..10].iter().chain(&items[1990..]).enumerate() {
+                let want = if i < 10 { i } else { 1990 + i - 10 };
+                assert_eq!((*it).a, want, "live items survive trim");
+            }
+            let again: Vec<*mut Item> = (0..1980).map(|_| POOL.alloc()).collect();
+            let mut sorted = again.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 1980, "no item handed out twice");
+            assert!(again.iter().all(|p| !items[..10].contains(p)));
+            for it in again.into_iter().chain(items[..10].iter().copied()) {
+                POOL.free(it);
+            }
+            for &it in &items[1990..] {
+                POOL.free(it);
+            }
+        }
+        assert_eq!(POOL.in_use(), 0);
     }
 }

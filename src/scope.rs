@@ -799,6 +799,11 @@ pub fn counts() -> (usize, usize, usize, usize) {
     )
 }
 
+/// Returns the pages of released scope nodes to the OS (`trim`).
+pub fn trim_pools() {
+    SCOPES.trim();
+}
+
 /// Takes every scope-side lock before `fork` (tree, every cache, the scope pool).
 pub fn lock_for_fork() {
     TREE_LOCK.lock();
