@@ -354,7 +354,7 @@ fn slab_pages(class: usize) -> usize {
 unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
     // SAFETY: t is this thread's; cache pointers are used under their lock.
     unsafe {
-        let c = loop {
+        loop {
             let c = match scope::lock_cache((*t).scope, class) {
                 Attach::Locked(c) => c,
                 Attach::Closed => return Found::Closed,
@@ -363,7 +363,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
             let s = (*c).pop_abandoned();
             if s.is_null() {
                 (*c).life.unlock();
-                break c;
+                break;
             }
             // Adopt: the slab is ours from now on; a full one stays on our list and is
             // found again once frees come back to it.
@@ -375,7 +375,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
             if ready(s) {
                 return Found::Slab(s);
             }
-        };
+        }
         let npages = slab_pages(class);
         let Some(span) = segment::alloc_span(npages, 1) else {
             return Found::Oom;
@@ -397,29 +397,32 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
         (*s).start = (span.seg as *mut u8).add(span.idx * PAGE_SIZE);
         (*s).npages = npages as u32;
         (*s).page_idx = span.idx as u32;
-        (*s).cache = c;
         (*s).anext = null_mut();
         (*s).aprev = null_mut();
         (*s).owner.store(heap as usize, Ordering::Release);
-        (*c).life.lock();
-        if !owned_by(c, (*t).scope) || !(*c).life.try_get_locked() {
-            // Closed (and maybe released and reused) between our two looks: give the pages
-            // back and re-target.
+        // Look the cache up again: it may have been killed (and released) meanwhile.
+        let c = match scope::lock_cache((*t).scope, class) {
+            Attach::Locked(c) => c,
+            other => {
+                segment::free_span(span.seg, span.idx, npages);
+                return match other {
+                    Attach::Oom => Found::Oom,
+                    _ => Found::Closed,
+                };
+            }
+        };
+        if !(*c).life.try_get_locked() {
+            // lock_cache returns live caches only; stay correct regardless.
             (*c).life.unlock();
             segment::free_span(span.seg, span.idx, npages);
             return Found::Closed;
         }
+        (*s).cache = c;
         (*c).link_slab(s);
         (*c).life.unlock();
         list_push(t, class, s);
         Found::Slab(s)
     }
-}
-
-/// Whether the (type-stable) cache `c` is still the cache of scope `s`. Cache lock held.
-unsafe fn owned_by(c: *mut Cache, s: *mut ScopeNode) -> bool {
-    // SAFETY: c's memory is type-stable; s is referenced by the caller.
-    unsafe { (*c).origin_id.load(Ordering::Acquire) == (*s).id.load(Ordering::Relaxed) }
 }
 
 /// Charges a new batch to the table's scope. On a refusal, first gives back this thread's other
@@ -588,13 +591,14 @@ unsafe fn free_abandoned(s: *mut Slab, p: *mut u8) {
         (*s).used
             .store((*s).used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
         scope::uncharge((*c).scope, (*s).block_size as u64);
-        sweep_abandoned_locked(c, s);
+        sweep_abandoned_locked(c, s, false);
     }
 }
 
 /// With `c` locked: takes the remote frees of abandoned slab `s` (uncharging them), and releases
-/// `s` if it is empty. Unlocks `c`.
-unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab) {
+/// `s` if it is empty. Unlocks `c`; releases it if that was its last reference (`tree_locked`:
+/// the caller holds the scope tree lock).
+unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree_locked: bool) {
     // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists.
     unsafe {
         let (first, last, n) = remote_take(&(*s).thread_free, &(*s).pending);
@@ -611,7 +615,9 @@ unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab) {
             (*c).life.unlock();
             let seg = segment::segment_of((*s).start.add(1));
             segment::free_span(seg, (*s).page_idx as usize, (*s).npages as usize);
-            if last {
+            if last && tree_locked {
+                scope::release_cache_tree_locked(c);
+            } else if last {
                 scope::release_cache(c);
             }
         } else {
@@ -622,32 +628,29 @@ unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab) {
 
 /// Releases every abandoned slab that became empty through remote frees (periodic and on trim).
 pub fn sweep_abandoned() {
-    scope::for_each_cache(|c| {
-        // SAFETY: cache memory is type-stable; identity checked under the lock.
+    scope::for_each_cache_tree_locked(|c| {
+        // SAFETY: under the tree lock no cache is released but by us, below; each cache's lists
+        // are read under its lock.
         unsafe {
             loop {
                 (*c).life.lock();
-                if (*c).origin_id.load(Ordering::Acquire) == 0 {
-                    (*c).life.unlock();
-                    return;
-                }
                 let mut s = (*c).abandoned_head();
-                let mut target = null_mut();
                 while !s.is_null() {
                     let pending = (*s).pending.load(Ordering::Relaxed);
                     if pending > 0 && pending >= (*s).used.load(Ordering::Relaxed) {
-                        target = s;
                         break;
                     }
                     s = (*s).anext;
                 }
-                if target.is_null() {
+                if s.is_null() {
                     (*c).life.unlock();
                     return;
                 }
-                // Releases the lock; the cache may be gone after it, hence the identity re-check
-                // at the top of the loop.
-                sweep_abandoned_locked(c, target);
+                let last = (*c).life.refs_locked() == 1 && (*c).life.is_dying_locked();
+                sweep_abandoned_locked(c, s, true);
+                if last {
+                    return; // released: the cache is gone
+                }
             }
         }
     });
@@ -694,20 +697,8 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
                 return null_mut();
             }
         }
-        let c = match scope::lock_cache(s, LARGE_CLASS) {
-            Attach::Locked(c) => c,
-            Attach::Closed => {
-                scope::uncharge(s, usable as u64);
-                continue;
-            }
-            Attach::Oom => {
-                scope::uncharge(s, usable as u64);
-                return null_mut();
-            }
-        };
-        // SAFETY: c is locked and live; we only unlock it before the (lock-free) mapping work.
+        // SAFETY: the descriptor is ours until published through the cache below.
         unsafe {
-            (*c).life.unlock();
             let slab = if in_segment {
                 let npages = usable / PAGE_SIZE;
                 let align_pages = (align / PAGE_SIZE).max(1);
@@ -732,15 +723,27 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
                 scope::uncharge(s, usable as u64);
                 return null_mut();
             }
+            let c = match scope::lock_cache(s, LARGE_CLASS) {
+                Attach::Locked(c) if (*c).life.try_get_locked() => c,
+                Attach::Locked(c) => {
+                    (*c).life.unlock();
+                    release_large_memory(slab);
+                    scope::uncharge(s, usable as u64);
+                    continue;
+                }
+                Attach::Closed => {
+                    release_large_memory(slab);
+                    scope::uncharge(s, usable as u64);
+                    continue;
+                }
+                Attach::Oom => {
+                    release_large_memory(slab);
+                    scope::uncharge(s, usable as u64);
+                    return null_mut();
+                }
+            };
             (*slab).cache = c;
             (*slab).owner.store(OWNER_LARGE, Ordering::Release);
-            (*c).life.lock();
-            if !owned_by(c, s) || !(*c).life.try_get_locked() {
-                (*c).life.unlock();
-                release_large_memory(slab);
-                scope::uncharge(s, usable as u64);
-                continue;
-            }
             (*c).add_large(usable as u64);
             (*c).life.unlock();
             return (*slab).start;
@@ -992,7 +995,7 @@ unsafe fn retire_table(t: *mut Table) {
                     (*t).stock += n as i64 * (*s).block_size as i64;
                 }
                 if (*s).used.load(Ordering::Relaxed) == 0 {
-                    sweep_abandoned_locked(c, s);
+                    sweep_abandoned_locked(c, s, false);
                 } else {
                     (*c).life.unlock();
                 }

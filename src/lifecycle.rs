@@ -14,9 +14,10 @@
 //! Race (a) of the kernel's 2014 thread: a thread obtains a cache of a scope being destroyed and
 //! allocates from it after it is gone. Here a thread gets a new slab from a cache only through
 //! `try_get`, under the cache lock, which fails once `kill` ran; a slab it already holds keeps the
-//! cache alive by its own reference, so the cache cannot go away under it. The cache memory is
-//! type-stable (see `pool`), so even a thread that read a cache pointer just before the release
-//! can lock it and will see, by its identity check, that it is no longer the cache it wanted.
+//! cache alive by its own reference, so the cache cannot go away under it. A thread finds a cache
+//! and takes its lock under the lock of the cache's scope, and the close takes the cache out of
+//! the scope under that same lock before killing it (see `scope::lock_cache`): no thread can hold
+//! a pointer to a released cache.
 //!
 //! Race (b): the free path touches the cache after dropping its last reference. `put` returns
 //! `true` to exactly one caller, after which the caller releases the cache and touches it no more;
@@ -76,7 +77,7 @@ impl Life {
         }
     }
 
-    /// Re-arms a released cache for reuse (pool memory is type-stable).
+    /// Re-arms a released cache for reuse.
     pub fn reset(&self) {
         self.lock.lock();
         // SAFETY: we hold the lock.

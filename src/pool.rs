@@ -1,42 +1,49 @@
-//! Type-stable pools for the allocator's own metadata (scopes, caches, thread heaps, tables).
+//! Pools for the allocator's own metadata (scopes, caches, thread heaps, tables).
 //!
 //! Metadata never comes from the global allocator (that would recurse, and would charge the
-//! user's scopes): it lives in chunks mapped from the OS. A freed item goes back on the pool's
-//! free list and its memory stays a valid `T` forever (chunks are never unmapped), the userspace
-//! form of `SLAB_TYPESAFE_BY_RCU`: a thread that raced with the free may still lock the item and
-//! must then check an identity field (see `Cache::origin_id`) before trusting it.
+//! user's scopes): it lives in chunks mapped from the OS. Chunks are never unmapped, so walking
+//! every item (`for_each`, for fork handlers and sweeps) is always safe.
 //!
-//! Who touches what: `alloc`/`free` under the pool lock; `for_each` walks the append-only chunk
-//! list without the lock; an item's `live` flag is atomic.
+//! Each chunk keeps a bitmap of its free slots in its header page, so that free items are not
+//! linked through their own memory: `trim` can give the pages of free items back to the OS (they
+//! read as zero afterwards, a valid free item) without touching them again.
+//!
+//! Who touches what: `alloc`/`free`/`trim` under the pool lock; `for_each` walks the append-only
+//! chunk list and the (atomic) bitmaps without the lock.
 
 use crate::os;
-use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock};
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, SpinLock};
 use core::cell::UnsafeCell;
 use core::mem::size_of;
 
-/// Bytes mapped per chunk of a pool: large enough that chunk allocation is rare.
+/// Bytes mapped per chunk (and its alignment, so an item finds its chunk by masking).
 const CHUNK_BYTES: usize = 1 << 20;
-
-#[repr(C)]
-struct Slot<T> {
-    value: UnsafeCell<T>,
-    next_free: UnsafeCell<*mut Slot<T>>,
-    live: AtomicBool,
-}
+/// The header page: chunk links and the free bitmap.
+const HEADER_BYTES: usize = 4096;
+const OS_PAGE: usize = 4096;
+/// Bitmap words: enough for 64-byte items.
+const WORDS: usize = CHUNK_BYTES / 64 / 64;
 
 #[repr(C)]
 struct Chunk {
     next: *mut Chunk,
     count: usize,
+    free_count: usize,
+    /// Bit i set = slot i is free.
+    free: [AtomicU64; WORDS],
 }
 
+const _: () = assert!(size_of::<Chunk>() <= HEADER_BYTES);
+
 /// A pool of `T`s. `T` must be valid when all-zero (atomics, raw pointers, integers, bools): fresh
-/// items come zeroed from the OS.
+/// and trimmed items read as zero.
 pub struct Pool<T> {
     lock: SpinLock,
-    free: UnsafeCell<*mut Slot<T>>,
     chunks: AtomicPtr<Chunk>,
+    /// A chunk that had a free slot at the last look (under the lock).
+    hint: UnsafeCell<*mut Chunk>,
     in_use: AtomicUsize,
+    _t: core::marker::PhantomData<T>,
 }
 
 // SAFETY: all mutable state is behind the pool lock or atomic; items are handed out as raw
@@ -48,81 +55,81 @@ impl<T> Pool<T> {
     pub const fn new() -> Self {
         Pool {
             lock: SpinLock::new(),
-            free: UnsafeCell::new(core::ptr::null_mut()),
             chunks: AtomicPtr::new(core::ptr::null_mut()),
+            hint: UnsafeCell::new(core::ptr::null_mut()),
             in_use: AtomicUsize::new(0),
+            _t: core::marker::PhantomData,
         }
     }
 
-    fn slots_per_chunk() -> usize {
-        (CHUNK_BYTES - size_of::<Chunk>()) / size_of::<Slot<T>>()
+    fn slot_size() -> usize {
+        let align = core::mem::align_of::<T>().max(16);
+        size_of::<T>().max(64).div_ceil(align) * align
     }
 
-    fn first_slot(chunk: *mut Chunk) -> *mut Slot<T> {
-        let align = core::mem::align_of::<Slot<T>>().max(16);
-        ((chunk as usize + size_of::<Chunk>() + align - 1) & !(align - 1)) as *mut Slot<T>
+    fn slot(chunk: *mut Chunk, i: usize) -> *mut T {
+        (chunk as usize + HEADER_BYTES + i * Self::slot_size()) as *mut T
     }
 
-    /// An item: either all-zero (fresh) or a previously freed `T` with its old field values.
-    /// Null when the OS refuses memory.
+    /// An item: either all-zero or a previously freed `T` with its old field values. Null when the
+    /// OS refuses memory.
     pub fn alloc(&self) -> *mut T {
         self.lock.lock();
-        // SAFETY: the free list is only touched under the pool lock, which we hold.
-        let mut slot = unsafe { *self.free.get() };
-        if slot.is_null() {
-            slot = self.grow();
-        }
-        if !slot.is_null() {
-            // SAFETY: slot is a valid free slot of this pool; we hold the lock.
-            unsafe {
-                *self.free.get() = *(*slot).next_free.get();
-                (*slot).live.store(true, Ordering::Release);
+        // SAFETY: chunk headers are only written under the pool lock, which we hold.
+        let item = unsafe {
+            let mut chunk = *self.hint.get();
+            if chunk.is_null() || (*chunk).free_count == 0 {
+                chunk = self.chunks.load(Ordering::Relaxed);
+                while !chunk.is_null() && (*chunk).free_count == 0 {
+                    chunk = (*chunk).next;
+                }
+                if chunk.is_null() {
+                    chunk = self.grow();
+                }
+                *self.hint.get() = chunk;
             }
+            if chunk.is_null() {
+                core::ptr::null_mut()
+            } else {
+                let mut found = core::ptr::null_mut();
+                for (w, word) in (*chunk).free.iter().enumerate() {
+                    let bits = word.load(Ordering::Relaxed);
+                    if bits != 0 {
+                        let b = bits.trailing_zeros() as usize;
+                        word.store(bits & !(1 << b), Ordering::Release);
+                        (*chunk).free_count -= 1;
+                        found = Self::slot(chunk, w * 64 + b);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        if !item.is_null() {
             self.in_use.fetch_add(1, Ordering::Relaxed);
         }
         self.lock.unlock();
-        if slot.is_null() {
-            return core::ptr::null_mut();
-        }
-        // SAFETY: slot is valid; `value` is its first field.
-        unsafe { (*slot).value.get() }
+        item
     }
 
-    /// Maps a new chunk and threads its slots onto the free list; called with the lock held.
-    fn grow(&self) -> *mut Slot<T> {
-        let chunk = os::map_aligned(CHUNK_BYTES, 4096) as *mut Chunk;
+    /// Maps a new chunk with every slot free; called with the lock held.
+    fn grow(&self) -> *mut Chunk {
+        let chunk = os::map_aligned(CHUNK_BYTES, CHUNK_BYTES) as *mut Chunk;
         if chunk.is_null() {
-            return core::ptr::null_mut();
+            return chunk;
         }
-        let n = Self::slots_per_chunk() - 1;
-        let first = Self::first_slot(chunk);
-        // SAFETY: the chunk is fresh, zeroed and ours; n slots fit after its header (one slot is
-        // kept in reserve for the alignment of the first).
+        let count = ((CHUNK_BYTES - HEADER_BYTES) / Self::slot_size()).min(WORDS * 64);
+        // SAFETY: the chunk is fresh, zeroed and ours.
         unsafe {
-            (*chunk).count = n;
-            for i in 0..n {
-                let s = first.add(i);
-                *(*s).next_free.get() = if i + 1 < n {
-                    first.add(i + 1)
-                } else {
-                    core::ptr::null_mut()
-                };
+            (*chunk).count = count;
+            (*chunk).free_count = count;
+            for i in 0..count {
+                (*chunk).free[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
             }
-            let mut head = self.chunks.load(Ordering::Relaxed);
-            loop {
-                (*chunk).next = head;
-                match self.chunks.compare_exchange_weak(
-                    head,
-                    chunk,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => break,
-                    Err(h) => head = h,
-                }
-            }
+            (*chunk).next = self.chunks.load(Ordering::Relaxed);
+            self.chunks.store(chunk, Ordering::Release);
         }
-        first
+        chunk
     }
 
     /// Returns an item to the pool. Its memory stays a valid `T`.
@@ -130,14 +137,13 @@ impl<T> Pool<T> {
     /// # Safety
     /// `item` came from `alloc` of this pool and is not freed twice.
     pub unsafe fn free(&self, item: *mut T) {
-        let slot = item as *mut Slot<T>;
+        let chunk = (item as usize & !(CHUNK_BYTES - 1)) as *mut Chunk;
+        let i = (item as usize - chunk as usize - HEADER_BYTES) / Self::slot_size();
         self.lock.lock();
-        // SAFETY: `value` is the first field, so the item pointer is the slot pointer; the free
-        // list is ours under the lock.
+        // SAFETY: item lies in chunk (chunks are aligned); we hold the lock.
         unsafe {
-            (*slot).live.store(false, Ordering::Release);
-            *(*slot).next_free.get() = *self.free.get();
-            *self.free.get() = slot;
+            (*chunk).free[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
+            (*chunk).free_count += 1;
         }
         self.in_use.fetch_sub(1, Ordering::Relaxed);
         self.lock.unlock();
@@ -153,62 +159,44 @@ impl<T> Pool<T> {
     pub fn for_each(&self, mut f: impl FnMut(*mut T, bool)) {
         let mut chunk = self.chunks.load(Ordering::Acquire);
         while !chunk.is_null() {
-            let first = Self::first_slot(chunk);
             // SAFETY: chunks are never unmapped; count and next were written before publication.
             unsafe {
                 for i in 0..(*chunk).count {
-                    let s = first.add(i);
-                    f((*s).value.get(), (*s).live.load(Ordering::Acquire));
+                    let free = (*chunk).free[i / 64].load(Ordering::Acquire) & (1 << (i % 64));
+                    f(Self::slot(chunk, i), free == 0);
                 }
                 chunk = (*chunk).next;
             }
         }
     }
 
-    /// Gives back to the OS every page of the pool that holds only free items (they read as zero
-    /// afterwards, which is a valid free item), then rebuilds the free list, whose links lived in
-    /// those pages. Only for pools whose freed items nobody reads (not caches, whose freed items
-    /// may still be locked by a racing thread).
+    /// Gives back to the OS every page that holds only free items (they read as zero afterwards,
+    /// a valid free item). Nobody may hold a pointer to a freed item.
     pub fn trim(&self) {
-        const OS_PAGE: usize = 4096;
-        let size = size_of::<Slot<T>>();
+        let size = Self::slot_size();
         self.lock.lock();
-        let mut head: *mut Slot<T> = core::ptr::null_mut();
         let mut chunk = self.chunks.load(Ordering::Acquire);
         while !chunk.is_null() {
-            let first = Self::first_slot(chunk);
-            // SAFETY: chunks are ours and never unmapped; we hold the lock, so no slot changes
-            // between free and live.
+            // SAFETY: chunks are ours; we hold the lock, so no slot changes state meanwhile.
             unsafe {
                 let count = (*chunk).count;
-                let area_end = first as usize + count * size;
-                // Page 0 holds the chunk header: never purged.
-                let mut page = (chunk as usize + OS_PAGE).max(first as usize) & !(OS_PAGE - 1);
-                if page < first as usize {
-                    page += OS_PAGE;
-                }
-                while page + OS_PAGE <= area_end {
-                    let lo = (page - first as usize) / size;
-                    let hi = (page + OS_PAGE - 1 - first as usize) / size;
-                    if (lo..=hi.min(count - 1))
-                        .all(|i| !(*first.add(i)).live.load(Ordering::Relaxed))
-                    {
+                let first = chunk as usize + HEADER_BYTES;
+                let end = first + count * size;
+                let mut page = first;
+                while page + OS_PAGE <= end {
+                    let lo = (page - first) / size;
+                    let hi = ((page + OS_PAGE - 1 - first) / size).min(count - 1);
+                    let all_free = (lo..=hi).all(|i| {
+                        (*chunk).free[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
+                    });
+                    if all_free {
                         os::purge(page as *mut u8, OS_PAGE);
                     }
                     page += OS_PAGE;
                 }
-                for i in (0..count).rev() {
-                    let s = first.add(i);
-                    if !(*s).live.load(Ordering::Relaxed) {
-                        *(*s).next_free.get() = head;
-                        head = s;
-                    }
-                }
                 chunk = (*chunk).next;
             }
         }
-        // SAFETY: we hold the lock.
-        unsafe { *self.free.get() = head };
         self.lock.unlock();
     }
 
@@ -246,7 +234,7 @@ mod tests {
             POOL.free(a);
             let c = POOL.alloc();
             assert_eq!(c, a, "the freed item is handed out again");
-            assert_eq!((*c).a, 7, "memory is type-stable: old fields remain");
+            assert_eq!((*c).a, 7, "a reused item keeps its old fields");
             POOL.free(b);
             POOL.free(c);
         }
@@ -263,30 +251,31 @@ mod tests {
     #[test]
     fn trim_keeps_live_items_and_every_free_item_reusable() {
         static POOL: Pool<Item> = Pool::new();
-        let items: Vec<*mut Item> = (0..2000).map(|_| POOL.alloc()).collect();
+        let items: Vec<*mut Item> = (0..30_000).map(|_| POOL.alloc()).collect();
         // SAFETY: the items are live items of POOL.
         unsafe {
             for (i, &it) in items.iter().enumerate() {
-                (*it).a = i;
+                (*it).a = i + 1;
             }
-            for &it in &items[10..1990] {
+            for &it in &items[10..29_990] {
                 POOL.free(it);
             }
             POOL.trim();
-            for (i, &it) in items[..10].iter().chain(&items[1990..]).enumerate() {
-                let want = if i < 10 { i } else { 1990 + i - 10 };
-                assert_eq!((*it).a, want, "live items survive trim");
+            for (i, &it) in items.iter().enumerate() {
+                if !(10..29_990).contains(&i) {
+                    assert_eq!((*it).a, i + 1, "live items survive trim");
+                }
             }
-            let again: Vec<*mut Item> = (0..1980).map(|_| POOL.alloc()).collect();
+            let again: Vec<*mut Item> = (0..29_980).map(|_| POOL.alloc()).collect();
             let mut sorted = again.clone();
             sorted.sort();
             sorted.dedup();
-            assert_eq!(sorted.len(), 1980, "no item handed out twice");
+            assert_eq!(sorted.len(), 29_980, "no item handed out twice");
             assert!(again.iter().all(|p| !items[..10].contains(p)));
-            for it in again.into_iter().chain(items[..10].iter().copied()) {
+            for it in again {
                 POOL.free(it);
             }
-            for &it in &items[1990..] {
+            for &it in items[..10].iter().chain(&items[29_990..]) {
                 POOL.free(it);
             }
         }

@@ -10,6 +10,9 @@
 //!   the amount to every counter and undoes it when one of them would pass its limit (the
 //!   kernel's `page_counter_try_charge`). A thread charges in batches (its *stock*, see
 //!   `heap::Table::stock`), so this walk runs once per batch, not per object.
+//! - A scope's `caches` array is read, and a cache found there locked, under the scope's `lock`;
+//!   the close takes caches out of the array under the same lock before killing them, so a cache
+//!   found in the array cannot be released before its finder holds its lock.
 //! - A cache's slab lists and large-object figures are under the cache's lock (`Cache::life`).
 //!   `Cache::scope` (where its charges go) changes only under both the tree lock and the cache
 //!   lock, so a path holding either sees a stable value.
@@ -42,7 +45,7 @@ const CLOSED: u8 = 1;
 pub const NAME_MAX: usize = 63;
 const NO_LIMIT: u64 = u64::MAX;
 
-/// A node of the scope tree. Memory from `SCOPES` (type-stable); the root is a static.
+/// A node of the scope tree. Memory from `SCOPES`; the root is a static.
 #[repr(C)]
 pub struct ScopeNode {
     /// Unique id (never reused); 0 once the node is released.
@@ -53,6 +56,9 @@ pub struct ScopeNode {
     /// User handles (`Scope`); the scope closes when the last one goes.
     handles: AtomicUsize,
     state: AtomicU8,
+    /// Guards the `caches` array against the close: a thread looks a cache up and locks it
+    /// under this lock, and the close takes the cache out of the array under it.
+    lock: SpinLock,
     /// Immutable after creation; a child holds a reference on its parent.
     pub parent: *mut ScopeNode,
     limit: AtomicU64,
@@ -91,6 +97,7 @@ impl ScopeNode {
             refs: AtomicUsize::new(1),
             handles: AtomicUsize::new(1),
             state: AtomicU8::new(LIVE),
+            lock: SpinLock::new(),
             parent: null_mut(),
             limit: AtomicU64::new(NO_LIMIT),
             charged: AtomicU64::new(0),
@@ -138,9 +145,6 @@ pub fn root() -> *mut ScopeNode {
 pub struct Cache {
     /// Lock and reference state (see `lifecycle`).
     pub life: Life,
-    /// Id of the scope that created it; 0 once released. Checked after locking a cache pointer
-    /// read without the lock (pool memory is type-stable).
-    pub origin_id: AtomicU64,
     /// The scope that created it (holds a reference).
     origin: *mut ScopeNode,
     /// Where charges go: the origin, or after close its nearest open ancestor (holds a
@@ -263,51 +267,45 @@ pub fn count_limit_hit(s: *mut ScopeNode) {
     unsafe { (*s).limit_hits.fetch_add(1, Ordering::Relaxed) };
 }
 
-/// The cache of (`s`, `class`), created on first use; None when `s` is closed.
-pub fn cache_for(s: *mut ScopeNode, class: usize) -> Option<*mut Cache> {
-    // SAFETY: the caller holds a reference on s.
-    unsafe {
-        let c = (*s).caches[class].load(Ordering::Acquire);
-        if !c.is_null() {
-            return Some(c);
-        }
-        TREE_LOCK.lock();
-        let result = if (*s).is_closed() {
-            None
+/// Creates the cache of (`s`, `class`) if it does not exist; false when `s` is closed or the OS
+/// refuses memory.
+fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
+    TREE_LOCK.lock();
+    // SAFETY: the caller holds a reference on s; TREE_LOCK serialises creation with close.
+    let ok = unsafe {
+        if (*s).is_closed() {
+            false
+        } else if !(*s).caches[class].load(Ordering::Acquire).is_null() {
+            true
         } else {
-            let mut c = (*s).caches[class].load(Ordering::Acquire);
+            let c = CACHES.alloc();
             if c.is_null() {
-                c = CACHES.alloc();
-                if !c.is_null() {
-                    (*c).life.reset();
-                    (*c).origin = s;
-                    (*c).scope = s;
-                    (*c).class = class;
-                    (*c).slabs = null_mut();
-                    (*c).abandoned = null_mut();
-                    (*c).folded_allocs = 0;
-                    (*c).large_bytes = 0;
-                    (*c).large_objects = 0;
-                    (*c).large_allocs = 0;
-                    (*c).rnext = null_mut();
-                    (*c).rprev = null_mut();
-                    node_get(s);
-                    node_get(s);
-                    (*c).origin_id
-                        .store((*s).id.load(Ordering::Relaxed), Ordering::Release);
-                    LIVE_CACHES.fetch_add(1, Ordering::Relaxed);
-                    (*s).caches[class].store(c, Ordering::Release);
-                }
-            }
-            if c.is_null() {
-                None
+                false
             } else {
-                Some(c)
+                (*c).life.reset();
+                (*c).origin = s;
+                (*c).scope = s;
+                (*c).class = class;
+                (*c).slabs = null_mut();
+                (*c).abandoned = null_mut();
+                (*c).folded_allocs = 0;
+                (*c).large_bytes = 0;
+                (*c).large_objects = 0;
+                (*c).large_allocs = 0;
+                (*c).rnext = null_mut();
+                (*c).rprev = null_mut();
+                node_get(s);
+                node_get(s);
+                LIVE_CACHES.fetch_add(1, Ordering::Relaxed);
+                (*s).lock.lock();
+                (*s).caches[class].store(c, Ordering::Release);
+                (*s).lock.unlock();
+                true
             }
-        };
-        TREE_LOCK.unlock();
-        result
-    }
+        }
+    };
+    TREE_LOCK.unlock();
+    ok
 }
 
 /// Outcome of trying to attach to a scope's cache.
@@ -320,28 +318,36 @@ pub enum Attach {
     Oom,
 }
 
-/// Finds and locks the live cache of (`s`, `class`).
+/// Finds (creating it on first use) and locks the live cache of (`s`, `class`).
+///
+/// The lookup and the cache lock are taken under the scope's lock, and the close takes caches out
+/// of the array under the same lock before killing them, so the cache found here cannot be
+/// released before we hold its lock; after that, `Life` says whether it is dying.
 pub fn lock_cache(s: *mut ScopeNode, class: usize) -> Attach {
     loop {
-        let Some(c) = cache_for(s, class) else {
-            // SAFETY: the caller holds a reference on s.
-            return if unsafe { (*s).is_closed() } {
-                Attach::Closed
-            } else {
-                Attach::Oom
-            };
-        };
-        // SAFETY: cache memory is type-stable; identity is checked under the lock.
+        // SAFETY: the caller holds a reference on s.
         unsafe {
-            (*c).life.lock();
-            if !(*c).life.is_dying_locked()
-                && (*c).origin_id.load(Ordering::Acquire) == (*s).id.load(Ordering::Relaxed)
-            {
-                return Attach::Locked(c);
+            (*s).lock.lock();
+            let c = (*s).caches[class].load(Ordering::Acquire);
+            if !c.is_null() {
+                (*c).life.lock();
+                (*s).lock.unlock();
+                if !(*c).life.is_dying_locked() {
+                    return Attach::Locked(c);
+                }
+                (*c).life.unlock();
+                return Attach::Closed;
             }
-            (*c).life.unlock();
+            (*s).lock.unlock();
             if (*s).is_closed() {
                 return Attach::Closed;
+            }
+            if !create_cache(s, class) {
+                return if (*s).is_closed() {
+                    Attach::Closed
+                } else {
+                    Attach::Oom
+                };
             }
         }
     }
@@ -459,7 +465,8 @@ pub fn release_cache(c: *mut Cache) {
     TREE_LOCK.unlock();
 }
 
-fn release_cache_tree_locked(c: *mut Cache) {
+/// `release_cache` for a caller that holds TREE_LOCK.
+pub fn release_cache_tree_locked(c: *mut Cache) {
     // SAFETY: we hold TREE_LOCK; c is dying with no reference, so only readers under TREE_LOCK
     // (statistics) could reach it, and they cannot run now.
     unsafe {
@@ -478,7 +485,6 @@ fn release_cache_tree_locked(c: *mut Cache) {
         (*c).life.unlock();
         (*target).folded_allocs.fetch_add(allocs, Ordering::Relaxed);
         let origin = (*c).origin;
-        (*c).origin_id.store(0, Ordering::Release);
         LIVE_CACHES.fetch_sub(1, Ordering::Relaxed);
         DYING_CACHES.fetch_sub(1, Ordering::Relaxed);
         CACHES.free(c);
@@ -592,7 +598,9 @@ unsafe fn close_subtree(x: *mut ScopeNode, target: *mut ScopeNode) {
         (*x).next_sibling = null_mut();
         (*x).prev_sibling = null_mut();
         for slot in (*x).caches.iter() {
+            (*x).lock.lock();
             let c = slot.swap(null_mut(), Ordering::AcqRel);
+            (*x).lock.unlock();
             if c.is_null() {
                 continue;
             }
@@ -802,12 +810,17 @@ pub fn counts() -> (usize, usize, usize, usize) {
 /// Returns the pages of released scope nodes to the OS (`trim`).
 pub fn trim_pools() {
     SCOPES.trim();
+    CACHES.trim();
 }
 
 /// Takes every scope-side lock before `fork` (tree, every cache, the scope pool).
 pub fn lock_for_fork() {
     TREE_LOCK.lock();
-    // SAFETY: cache memory is type-stable; a free cache's lock is just an unused lock.
+    // SAFETY: the root is static; scope memory is never unmapped (a purged free node reads as
+    // an unlocked lock).
+    unsafe { (*root()).lock.lock() };
+    SCOPES.for_each(|n, _| unsafe { (*n).lock.lock() });
+    // SAFETY: pool memory is never unmapped; a free cache's lock is just an unused lock.
     CACHES.for_each(|c, _| unsafe { (*c).life.lock() });
 }
 
@@ -815,6 +828,9 @@ pub fn lock_for_fork() {
 pub fn unlock_after_fork() {
     // SAFETY: as in lock_for_fork.
     CACHES.for_each(|c, _| unsafe { (*c).life.force_unlock() });
+    SCOPES.for_each(|n, _| unsafe { (*n).lock.force_unlock() });
+    // SAFETY: as in lock_for_fork.
+    unsafe { (*root()).lock.force_unlock() };
     TREE_LOCK.force_unlock();
 }
 
@@ -829,12 +845,14 @@ pub fn pools_lock(on: bool) {
     }
 }
 
-/// Calls `f` on every live cache (for the abandoned-slab sweep), without TREE_LOCK: `f` must lock
-/// the cache and check `origin_id != 0`.
-pub fn for_each_cache(mut f: impl FnMut(*mut Cache)) {
+/// Calls `f` on every live cache under TREE_LOCK (for the abandoned-slab sweep): no cache can be
+/// released meanwhile except by `f` itself, through `release_cache_tree_locked`.
+pub fn for_each_cache_tree_locked(mut f: impl FnMut(*mut Cache)) {
+    TREE_LOCK.lock();
     CACHES.for_each(|c, live| {
         if live {
             f(c)
         }
     });
+    TREE_LOCK.unlock();
 }
