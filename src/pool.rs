@@ -31,6 +31,8 @@ struct Chunk {
     free_count: usize,
     /// Bit i set = slot i is free.
     free: [AtomicU64; WORDS],
+    /// Bit p set = page p of the chunk was given back by `trim` and not touched since.
+    purged: [u64; CHUNK_BYTES / OS_PAGE / 64],
 }
 
 const _: () = assert!(size_of::<Chunk>() <= HEADER_BYTES);
@@ -99,6 +101,13 @@ impl<T> Pool<T> {
                         word.store(bits & !(1 << b), Ordering::Release);
                         (*chunk).free_count -= 1;
                         found = Self::slot(chunk, w * 64 + b);
+                        // The slot's pages are committed again from now on.
+                        let lo = (found as usize - chunk as usize) / OS_PAGE;
+                        let hi =
+                            (found as usize + Self::slot_size() - 1 - chunk as usize) / OS_PAGE;
+                        for p in lo..=hi {
+                            (*chunk).purged[p / 64] &= !(1 << (p % 64));
+                        }
                         break;
                     }
                 }
@@ -189,8 +198,10 @@ impl<T> Pool<T> {
                     let all_free = (lo..=hi).all(|i| {
                         (*chunk).free[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
                     });
-                    if all_free {
+                    let p = (page - chunk as usize) / OS_PAGE;
+                    if all_free && (*chunk).purged[p / 64] & (1 << (p % 64)) == 0 {
                         os::purge(page as *mut u8, OS_PAGE);
+                        (*chunk).purged[p / 64] |= 1 << (p % 64);
                     }
                     page += OS_PAGE;
                 }
