@@ -43,7 +43,11 @@ fn exiting_threads_leave_their_objects_valid_and_freeable() {
         kept.push(v);
     }
     let st = scope.stats();
-    assert_eq!(st.objects, 20 * 301, "300 vectors and the outer Vec per thread");
+    assert_eq!(
+        st.objects,
+        20 * 301,
+        "300 vectors and the outer Vec per thread"
+    );
     for (t, v) in kept.iter().enumerate() {
         assert!(v.iter().all(|x| x.iter().all(|&b| b == t as u8)));
     }

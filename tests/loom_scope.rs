@@ -196,8 +196,9 @@ struct ModelSlab {
 unsafe impl Send for ModelSlab {}
 unsafe impl Sync for ModelSlab {}
 
-/// A remote free of the slab's last object races with the owner taking remote frees: the owner
-/// may release the slab only when every object is back, and then no pusher is in flight.
+/// A remote free of the slab's last object races with the owner, which frees its own object
+/// locally and takes remote frees: the owner may release the slab only when every object is back,
+/// and then no pusher is in flight.
 #[test]
 fn remote_free_of_last_object_vs_owner_release() {
     loom::model(|| {
@@ -206,25 +207,19 @@ fn remote_free_of_last_object_vs_owner_release() {
             pending: AtomicU32::new(0),
             used: AtomicU32::new(2),
         });
-        let a = Box::into_raw(Box::new(Node {
+        let node = Box::into_raw(Box::new(Node {
             next: core::ptr::null_mut(),
         })) as usize;
-        let b = Box::into_raw(Box::new(Node {
-            next: core::ptr::null_mut(),
-        })) as usize;
-        let pushers: Vec<_> = [a, b]
-            .into_iter()
-            .map(|n| {
-                let s = slab.clone();
-                thread::spawn(move || unsafe {
-                    remote_push(&s.thread_free, &s.pending, n as *mut Node);
-                })
+        let pusher = {
+            let s = slab.clone();
+            thread::spawn(move || unsafe {
+                remote_push(&s.thread_free, &s.pending, node as *mut Node);
             })
-            .collect();
-        // The owner collects until the slab is empty, then "releases" it.
+        };
+        // The owner frees its own object, then takes remote frees until the slab is empty.
+        slab.used.store(1, Ordering::Relaxed);
         loop {
-            let (first, _last, n) = unsafe { remote_take(&slab.thread_free, &slab.pending) };
-            let _ = first;
+            let (_first, _last, n) = unsafe { remote_take(&slab.thread_free, &slab.pending) };
             let used = slab.used.load(Ordering::Relaxed) - n;
             slab.used.store(used, Ordering::Relaxed);
             if used == 0 {
@@ -238,12 +233,7 @@ fn remote_free_of_last_object_vs_owner_release() {
             }
             thread::yield_now();
         }
-        for p in pushers {
-            p.join().unwrap();
-        }
-        unsafe {
-            drop(Box::from_raw(a as *mut Node));
-            drop(Box::from_raw(b as *mut Node));
-        }
+        pusher.join().unwrap();
+        unsafe { drop(Box::from_raw(node as *mut Node)) };
     });
 }
