@@ -597,13 +597,13 @@ unsafe fn close_subtree(x: *mut ScopeNode, target: *mut ScopeNode) {
         }
         (*x).next_sibling = null_mut();
         (*x).prev_sibling = null_mut();
+        // Lock order: node lock, then cache lock (as in lock_cache).
+        (*x).lock.lock();
         for slot in (*x).caches.iter() {
-            (*x).lock.lock();
-            let c = slot.swap(null_mut(), Ordering::AcqRel);
-            (*x).lock.unlock();
-            if c.is_null() {
+            if slot.load(Ordering::Relaxed).is_null() {
                 continue;
             }
+            let c = slot.swap(null_mut(), Ordering::AcqRel);
             node_get(target);
             (*c).life.lock();
             let release_now = (*c).life.kill_locked();
@@ -616,6 +616,7 @@ unsafe fn close_subtree(x: *mut ScopeNode, target: *mut ScopeNode) {
                 release_cache_tree_locked(c);
             }
         }
+        (*x).lock.unlock();
         while !(*x).reparented.is_null() {
             let c = (*x).reparented;
             (*x).reparented = (*c).rnext;
