@@ -571,8 +571,10 @@ pub mod raw {
         unsafe { usable_of(ptr) }
     }
 
-    /// Whether `ptr` is the start of an object of ours (live or freed), without touching foreign
-    /// memory.
+    /// Whether `ptr` is the start of an object of ours, without touching foreign memory: a live
+    /// object, or a freed small object (a freed large or huge object's pages are no longer ours to
+    /// describe, so it reads as foreign; and once a freed span is reused by a new object at the
+    /// same address, a late double free of the old one cannot be told from a free of the new).
     pub fn owns(ptr: *const u8) -> bool {
         segment::owns(ptr)
     }

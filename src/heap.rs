@@ -24,7 +24,7 @@
 //! `Table::stock` is read by nobody else (charges are read from the scope counters) and slabs'
 //! shared fields are documented in `segment::Slab`.
 
-use crate::lifecycle::{remote_push, remote_take, Linked};
+use crate::lifecycle::{remote_is_empty, remote_pending, remote_push, remote_take, Linked};
 use crate::os;
 use crate::pool::Pool;
 use crate::scope::{self, Attach, Cache, ScopeNode};
@@ -294,7 +294,7 @@ unsafe fn ready(s: *mut Slab) -> bool {
         if !(*s).free.is_null() {
             return true;
         }
-        if !(*s).thread_free.load(Ordering::Relaxed).is_null() {
+        if !remote_is_empty(&(*s).thread_free) {
             collect(s);
             if !(*s).free.is_null() {
                 return true;
@@ -333,7 +333,7 @@ unsafe fn extend(s: *mut Slab) {
 unsafe fn collect(s: *mut Slab) {
     // SAFETY: s is owned by this thread.
     unsafe {
-        let (first, last, n) = remote_take(&(*s).thread_free, &(*s).pending);
+        let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
         if n == 0 {
             return;
         }
@@ -388,8 +388,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
         (*s).block_size = size;
         (*s).table = t;
         (*s).allocs.store(0, Ordering::Relaxed);
-        (*s).thread_free.store(null_mut(), Ordering::Relaxed);
-        (*s).pending.store(0, Ordering::Relaxed);
+        (*s).thread_free.store(0, Ordering::Relaxed);
         (*s).carved = 0;
         (*s).capacity = (npages * PAGE_SIZE / size as usize) as u32;
         (*s).class = class as u16;
@@ -564,7 +563,7 @@ unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
                 if (*s).owner.load(Ordering::Acquire) == OWNER_ABANDONED {
                     free_abandoned(s, p);
                 } else {
-                    remote_push(&(*s).thread_free, &(*s).pending, p as *mut Block);
+                    remote_push(&(*s).thread_free, p as *mut Block);
                 }
             }
             KIND_LARGE | KIND_HUGE => free_large(s),
@@ -582,7 +581,7 @@ unsafe fn free_abandoned(s: *mut Slab, p: *mut u8) {
         if (*s).owner.load(Ordering::Acquire) != OWNER_ABANDONED {
             // Adopted meanwhile: an ordinary remote free.
             (*c).life.unlock();
-            remote_push(&(*s).thread_free, &(*s).pending, p as *mut Block);
+            remote_push(&(*s).thread_free, p as *mut Block);
             return;
         }
         let b = p as *mut Block;
@@ -601,7 +600,7 @@ unsafe fn free_abandoned(s: *mut Slab, p: *mut u8) {
 unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree_locked: bool) {
     // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists.
     unsafe {
-        let (first, last, n) = remote_take(&(*s).thread_free, &(*s).pending);
+        let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
         if n > 0 {
             (*last).next = (*s).free;
             (*s).free = first;
@@ -636,7 +635,7 @@ pub fn sweep_abandoned() {
                 (*c).life.lock();
                 let mut s = (*c).abandoned_head();
                 while !s.is_null() {
-                    let pending = (*s).pending.load(Ordering::Relaxed);
+                    let pending = remote_pending(&(*s).thread_free);
                     if pending > 0 && pending >= (*s).used.load(Ordering::Relaxed) {
                         break;
                     }
@@ -986,7 +985,7 @@ unsafe fn retire_table(t: *mut Table) {
                 (*s).owner.store(OWNER_ABANDONED, Ordering::Release);
                 (*c).push_abandoned(s);
                 // Remote frees that raced with the hand-over are taken now, under the lock.
-                let (first, last, n) = remote_take(&(*s).thread_free, &(*s).pending);
+                let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
                 if n > 0 {
                     (*last).next = (*s).free;
                     (*s).free = first;

@@ -27,13 +27,15 @@
 //!
 //! # 2. Remote free: `remote_push` / `remote_take`
 //! A thread that frees an object of a slab it does not own pushes it onto the slab's
-//! `thread_free` list (a lock-free stack: many pushers, one taker, which takes the whole list, so
-//! there is no ABA). `pending` counts pushed-but-not-taken objects and is raised *before* the push:
-//! the slab's `used` still counts the object then, so the owner cannot find the slab empty and
-//! release it while the pusher still touches it. After its successful CAS the pusher touches
-//! nothing: that is race (b) again, on the slab.
+//! `thread_free` list: a lock-free stack with many pushers and one taker, which takes the whole
+//! list, so there is no ABA. The list head is one 64-bit word holding the first node's address
+//! (48 bits) and the number of nodes on the list (16 bits), so one CAS both pushes and counts:
+//! statistics read the count (`remote_pending`) to know, exactly, how many objects of the slab are
+//! freed but not yet taken. While the pusher works, the slab's `used` still counts its object, so
+//! the owner cannot find the slab empty and release it; after its successful CAS the pusher
+//! touches nothing: that is race (b) again, on the slab.
 
-use crate::sync::{AtomicPtr, AtomicU32, Ordering, SpinLock};
+use crate::sync::{AtomicU64, Ordering, SpinLock};
 use core::cell::UnsafeCell;
 
 /// Reference state of a cache; see the module essay.
@@ -193,18 +195,33 @@ pub trait Linked {
     unsafe fn set_next(this: *mut Self, next: *mut Self);
 }
 
+/// Bits of a remote-free list head that hold the first node's address.
+const ADDR_BITS: u32 = 48;
+const ADDR_MASK: u64 = (1 << ADDR_BITS) - 1;
+
+/// Objects on a remote-free list (pushed and not yet taken).
+pub fn remote_pending(head: &AtomicU64) -> u32 {
+    (head.load(Ordering::Relaxed) >> ADDR_BITS) as u32
+}
+
+/// Whether a remote-free list is empty.
+pub fn remote_is_empty(head: &AtomicU64) -> bool {
+    head.load(Ordering::Relaxed) == 0
+}
+
 /// Pushes `node` onto a remote-free list. After this returns the caller must not touch the slab
 /// that owns the list: the owner may take the node and release the slab at once.
 ///
 /// # Safety
-/// `node` is a valid node owned by the caller, not on any list.
-pub unsafe fn remote_push<T: Linked>(head: &AtomicPtr<T>, pending: &AtomicU32, node: *mut T) {
-    pending.fetch_add(1, Ordering::Relaxed);
+/// `node` is a valid node owned by the caller, not on any list, at an address below 2^48; the
+/// list holds fewer than 65 535 nodes (a slab holds at most 8 192 objects).
+pub unsafe fn remote_push<T: Linked>(head: &AtomicU64, node: *mut T) {
     let mut cur = head.load(Ordering::Relaxed);
     loop {
         // SAFETY: we own node until the CAS publishes it.
-        unsafe { T::set_next(node, cur) };
-        match head.compare_exchange_weak(cur, node, Ordering::Release, Ordering::Relaxed) {
+        unsafe { T::set_next(node, (cur & ADDR_MASK) as *mut T) };
+        let new = ((cur >> ADDR_BITS) + 1) << ADDR_BITS | node as u64;
+        match head.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
             Err(h) => cur = h,
         }
@@ -212,30 +229,22 @@ pub unsafe fn remote_push<T: Linked>(head: &AtomicPtr<T>, pending: &AtomicU32, n
 }
 
 /// Takes the whole remote-free list: returns (first, last, count); the caller, the owner, now owns
-/// the nodes. `pending` is lowered here, before the caller lowers its own `used` count.
+/// the nodes.
 ///
 /// # Safety
 /// Only the owner of the list calls this.
-pub unsafe fn remote_take<T: Linked>(
-    head: &AtomicPtr<T>,
-    pending: &AtomicU32,
-) -> (*mut T, *mut T, u32) {
-    let first = head.swap(core::ptr::null_mut(), Ordering::Acquire);
+pub unsafe fn remote_take<T: Linked>(head: &AtomicU64) -> (*mut T, *mut T, u32) {
+    let word = head.swap(0, Ordering::Acquire);
+    let first = (word & ADDR_MASK) as *mut T;
+    let n = (word >> ADDR_BITS) as u32;
     if first.is_null() {
         return (first, first, 0);
     }
-    let mut n = 1u32;
     let mut last = first;
-    loop {
+    for _ in 1..n {
         // SAFETY: nodes published by remote_push were fully written before the Release CAS that
-        // our Acquire swap synchronises with.
-        let next = unsafe { T::next(last) };
-        if next.is_null() {
-            break;
-        }
-        last = next;
-        n += 1;
+        // our Acquire swap synchronises with; the count says how many there are.
+        last = unsafe { T::next(last) };
     }
-    pending.fetch_sub(n, Ordering::Relaxed);
     (first, last, n)
 }

@@ -223,8 +223,16 @@ pub fn try_charge(s: *mut ScopeNode, bytes: u64) -> Result<(), *mut ScopeNode> {
                 }
                 return Err(a);
             }
-            if new > (*a).peak.load(Ordering::Relaxed) {
-                (*a).peak.fetch_max(new, Ordering::Relaxed);
+            a = (*a).parent;
+        }
+        // Peaks only once the whole chain accepted: a refused charge raises no peak.
+        let mut a = s;
+        while !a.is_null() {
+            let now = (*a).charged.load(Ordering::Relaxed);
+            let lim = (*a).limit.load(Ordering::Relaxed);
+            let now = now.min(lim);
+            if now > (*a).peak.load(Ordering::Relaxed) {
+                (*a).peak.fetch_max(now, Ordering::Relaxed);
             }
             a = (*a).parent;
         }

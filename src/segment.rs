@@ -26,7 +26,7 @@
 use crate::heap::Table;
 use crate::os;
 use crate::scope::Cache;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, SpinLock};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering, SpinLock};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 
@@ -70,70 +70,82 @@ pub struct Block {
 /// The descriptor of a span of pages: a slab of small objects of one class, or one large object.
 ///
 /// A slab belongs to one *cache* (scope × size class) and, while its thread lives, to one table of
-/// one thread heap (its *owner*). Fields and who may touch them:
-/// - `free`, `carved`, `table`, `tnext`/`tprev`: the owner thread only.
-/// - `used`, `allocs`: written by the owner (plain load + store), read by anyone for statistics.
-/// - `owner`: written by the owner (or under the cache lock when abandoned/adopted), read by every
-///   free to decide local, remote or locked.
-/// - `thread_free`, `pending`: pushed to by any thread (remote free), taken by the owner.
-/// - `cache`, `cnext`/`cprev`, `anext`/`aprev`: under the cache lock; `cache` is immutable while
-///   the slab is attached, so a free of a live object may read it without the lock.
-/// - the rest: written when the span is set up, immutable until it is released.
-#[repr(C)]
+/// one thread heap (its *owner*). Three cache lines, by who writes them, so that a thread freeing
+/// remotely never contends with the owner's pops and pushes:
+/// - line 1, read-mostly: `owner` (written by the owner when it takes or gives up the slab, read by
+///   every free to decide local, remote or locked), and fields set when the span is set up and
+///   immutable until it is released (`cache` may be read by a free of a live object without a lock).
+/// - line 2, the owner thread only: the free list, `carved`, `table`, table links; `used` and
+///   `allocs` are written by the owner (plain load + store) and read by anyone for statistics.
+/// - line 3, other threads: `thread_free` (remote frees and their count, taken by the owner), and
+///   the cache's list links (under the cache lock).
+#[repr(C, align(64))]
 pub struct Slab {
+    // Line 1: read-mostly.
+    pub owner: AtomicUsize,
+    pub start: *mut u8,
+    pub cache: *mut Cache,
+    pub block_size: u32,
+    pub capacity: u32,
+    pub npages: u32,
+    pub page_idx: u32,
+    pub class: u16,
+    pub kind: u8,
+    /// Large objects: the span came from pages that read as zero.
+    pub zeroed: bool,
+    _pad1: [u8; 20],
+    // Line 2: the owner thread.
     pub free: *mut Block,
     pub used: AtomicU32,
     /// `used` value at which a local free must look at the slab: 0 when the slab is not its
     /// table's current slab (an empty slab is then released), `u32::MAX` (never) while current.
     pub retire_at: u32,
-    pub block_size: u32,
-    pub table: *mut Table,
-    pub owner: AtomicUsize,
     pub allocs: AtomicU64,
-    pub thread_free: AtomicPtr<Block>,
-    pub pending: AtomicU32,
-    pub carved: u32,
-    pub capacity: u32,
-    pub class: u16,
-    pub kind: u8,
-    /// Large objects: the span came from pages that read as zero.
-    pub zeroed: bool,
-    pub start: *mut u8,
-    pub npages: u32,
-    pub page_idx: u32,
+    pub table: *mut Table,
     pub tnext: *mut Slab,
     pub tprev: *mut Slab,
-    pub cache: *mut Cache,
+    pub carved: u32,
+    _pad2: [u8; 12],
+    // Line 3: other threads.
+    /// Remote-free list head: address and count (see `lifecycle::remote_push`).
+    pub thread_free: AtomicU64,
     pub cnext: *mut Slab,
     pub cprev: *mut Slab,
     pub anext: *mut Slab,
     pub aprev: *mut Slab,
 }
 
+const _: () = {
+    assert!(core::mem::offset_of!(Slab, free) == 64);
+    assert!(core::mem::offset_of!(Slab, thread_free) == 128);
+    assert!(core::mem::size_of::<Slab>() == 192);
+};
+
 impl Slab {
     /// A descriptor of nothing; the fast path's stand-in when a table has no slab for a class.
     pub const fn empty() -> Slab {
         Slab {
-            free: null_mut(),
-            used: AtomicU32::new(0),
-            retire_at: 0,
-            block_size: 0,
-            table: null_mut(),
             owner: AtomicUsize::new(OWNER_NONE),
-            allocs: AtomicU64::new(0),
-            thread_free: AtomicPtr::new(null_mut()),
-            pending: AtomicU32::new(0),
-            carved: 0,
+            start: null_mut(),
+            cache: null_mut(),
+            block_size: 0,
             capacity: 0,
+            npages: 0,
+            page_idx: 0,
             class: 0,
             kind: KIND_FREE,
             zeroed: false,
-            start: null_mut(),
-            npages: 0,
-            page_idx: 0,
+            _pad1: [0; 20],
+            free: null_mut(),
+            used: AtomicU32::new(0),
+            retire_at: 0,
+            allocs: AtomicU64::new(0),
+            table: null_mut(),
             tnext: null_mut(),
             tprev: null_mut(),
-            cache: null_mut(),
+            carved: 0,
+            _pad2: [0; 12],
+            thread_free: AtomicU64::new(0),
             cnext: null_mut(),
             cprev: null_mut(),
             anext: null_mut(),
@@ -143,7 +155,7 @@ impl Slab {
 
     /// Objects that are live: handed out and not freed (remote frees waiting count as freed).
     pub fn live(&self) -> u32 {
-        let pending = self.pending.load(Ordering::Relaxed);
+        let pending = crate::lifecycle::remote_pending(&self.thread_free);
         self.used.load(Ordering::Relaxed).saturating_sub(pending)
     }
 }
