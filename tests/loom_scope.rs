@@ -10,10 +10,10 @@
 //! unreferenced cache fails the model.
 #![cfg(loom)]
 
-use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use scopealloc::lifecycle::{remote_push, remote_take, Life, Linked};
+use scopealloc::lifecycle::{remote_pending, remote_push, remote_take, Life, Linked};
 
 struct ModelCache {
     life: Life,
@@ -188,8 +188,7 @@ impl Linked for Node {
 }
 
 struct ModelSlab {
-    thread_free: AtomicPtr<Node>,
-    pending: AtomicU32,
+    thread_free: AtomicU64,
     used: AtomicU32,
 }
 
@@ -203,8 +202,7 @@ unsafe impl Sync for ModelSlab {}
 fn remote_free_of_last_object_vs_owner_release() {
     loom::model(|| {
         let slab = Arc::new(ModelSlab {
-            thread_free: AtomicPtr::new(core::ptr::null_mut()),
-            pending: AtomicU32::new(0),
+            thread_free: AtomicU64::new(0),
             used: AtomicU32::new(2),
         });
         let node = Box::into_raw(Box::new(Node {
@@ -213,22 +211,21 @@ fn remote_free_of_last_object_vs_owner_release() {
         let pusher = {
             let s = slab.clone();
             thread::spawn(move || unsafe {
-                remote_push(&s.thread_free, &s.pending, node as *mut Node);
+                remote_push(&s.thread_free, node as *mut Node);
             })
         };
         // The owner frees its own object, then takes remote frees until the slab is empty.
         slab.used.store(1, Ordering::Relaxed);
         loop {
-            let (_first, _last, n) = unsafe { remote_take(&slab.thread_free, &slab.pending) };
+            let (_first, _last, n) = unsafe { remote_take::<Node>(&slab.thread_free) };
             let used = slab.used.load(Ordering::Relaxed) - n;
             slab.used.store(used, Ordering::Relaxed);
             if used == 0 {
                 assert_eq!(
-                    slab.pending.load(Ordering::Relaxed),
+                    remote_pending(&slab.thread_free),
                     0,
                     "released while a pusher was in flight"
                 );
-                assert!(slab.thread_free.load(Ordering::Relaxed).is_null());
                 break;
             }
             thread::yield_now();

@@ -1143,3 +1143,24 @@ fn parent_peak_follows_descendant_allocations() {
     a.reset_peak();
     assert!(a.stats().peak_bytes < 500 * KIB as u64);
 }
+
+#[test]
+fn refused_allocation_does_not_raise_any_peak() {
+    let a = fresh("refused-peak-a");
+    a.set_limit(Some(MIB));
+    let b = a.child("refused-peak-b");
+    let c = b.child("refused-peak-c");
+    let mut got = None;
+    c.run(|| got = try_obj(64 * MIB, 8));
+    assert!(got.is_none());
+    for s in [&a, &b, &c] {
+        let st = s.stats();
+        assert!(
+            st.peak_bytes <= MIB as u64,
+            "a refused 64 MiB request raised the peak of {:?}: {st:?}",
+            s.name()
+        );
+        assert_eq!(st.charged_bytes, 0, "{:?}: {st:?}", s.name());
+    }
+    assert_eq!(a.stats().limit_hits, 1);
+}
