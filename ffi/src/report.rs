@@ -1,0 +1,199 @@
+//! The statistics report: allocator figures and the scope tree, as plain text lines.
+//!
+//! Printed at exit with `SCOPEALLOC_STATS=1` (by a destructor in `.fini_array`, which the loader
+//! runs after the program's `atexit` handlers and the destructors of libraries loaded after
+//! this one), and on demand by `scopealloc_print_stats`. Each line is formatted into a stack
+//! buffer and written with `libc::write`: no `core::fmt`, nothing that can recurse into
+//! `malloc` while holding a lock. (`Scope::children` allocates its vector through the core
+//! directly, outside any lock.)
+//!
+//! Format (one scope per line, indented two spaces per level; sizes in bytes):
+//!
+//! ```text
+//! scopealloc: report of pid 4242
+//! scopealloc: heap: mapped 8388608 (8.0 MiB), committed 8388608 (8.0 MiB), in use 196608 (192.0 KiB), cached 0 (0 B), returned 0 (0 B)
+//! scopealloc: scopes: live 3, closed pending 0, caches 9 (dying 0), thread heaps 1
+//! scopealloc: scope root id=1 bytes=1234 self_bytes=1000 objects=12 self_objects=10 peak=65536 charged=65536 allocs=40 frees=28 limit=none limit_hits=0
+//! scopealloc:   scope tenant-a id=2 ...
+//! ```
+
+use crate::options;
+use crate::out::{StackBuf, PREFIX};
+use core::ffi::c_int;
+use core::sync::atomic::Ordering;
+use scopealloc::Scope;
+
+/// Deepest level printed; deeper scopes are counted in their ancestors' `bytes`.
+const MAX_DEPTH: usize = 32;
+
+/// A line of the report.
+type Line = StackBuf<512>;
+
+/// The destructor that prints the report at exit when asked to.
+#[used]
+#[link_section = ".fini_array"]
+static REPORT_AT_EXIT: extern "C" fn() = report_at_exit;
+
+extern "C" fn report_at_exit() {
+    if !options::STATS.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(path) = options::stats_file() else {
+        print(libc::STDERR_FILENO);
+        return;
+    };
+    let mut name = StackBuf::<{ options::PATH_MAX + 64 }>::new();
+    expand_pid(path, &mut name);
+    name.byte(0);
+    let fd = if name.as_bytes().last() == Some(&0) {
+        // SAFETY: `name` is NUL-terminated (checked just above).
+        unsafe {
+            libc::open(
+                name.as_bytes().as_ptr().cast(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+                0o644,
+            )
+        }
+    } else {
+        crate::out::set_errno(libc::ENAMETOOLONG);
+        -1
+    };
+    if fd < 0 {
+        let err = crate::out::errno();
+        let mut line = Line::new();
+        line.bytes(PREFIX)
+            .bytes(b"warning: cannot open SCOPEALLOC_STATS_FILE=")
+            .quoted(until_nul(name.as_bytes()), 128)
+            .bytes(b" (errno ")
+            .u64(err as u64)
+            .bytes(b"); printing the report on stderr\n");
+        line.write_to(libc::STDERR_FILENO);
+        print(libc::STDERR_FILENO);
+        return;
+    }
+    print(fd);
+    // SAFETY: fd was opened above and is closed once.
+    unsafe { libc::close(fd) };
+}
+
+/// Copies `path` (NUL-terminated) into `out`, replacing each `%p` with the process id.
+fn expand_pid<const N: usize>(path: &[u8], out: &mut StackBuf<N>) {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    let path = until_nul(path);
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && path.get(i + 1) == Some(&b'p') {
+            out.u64(pid);
+            i += 2;
+        } else {
+            out.byte(path[i]);
+            i += 1;
+        }
+    }
+}
+
+fn until_nul(b: &[u8]) -> &[u8] {
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..n]
+}
+
+/// Writes the whole report to `fd`.
+pub fn print(fd: c_int) {
+    let mut line = Line::new();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    line.bytes(PREFIX)
+        .bytes(b"report of pid ")
+        .u64(pid)
+        .byte(b'\n');
+    line.write_to(fd);
+
+    let h = scopealloc::heap_stats();
+    let mut line = Line::new();
+    line.bytes(PREFIX).bytes(b"heap:");
+    for (i, (name, v)) in [
+        (&b"mapped"[..], h.mapped),
+        (b"committed", h.committed),
+        (b"in use", h.in_use),
+        (b"cached", h.cached),
+        (b"returned", h.returned),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        line.bytes(if i == 0 { b" " } else { b", " })
+            .bytes(name)
+            .byte(b' ')
+            .u64(v as u64)
+            .bytes(b" (")
+            .size(v as u64)
+            .byte(b')');
+    }
+    line.byte(b'\n').write_to(fd);
+
+    let g = scopealloc::global_stats();
+    let mut line = Line::new();
+    line.bytes(PREFIX)
+        .bytes(b"scopes: live ")
+        .u64(g.live_scopes as u64)
+        .bytes(b", closed pending ")
+        .u64(g.closed_scopes_pending as u64)
+        .bytes(b", caches ")
+        .u64(g.live_caches as u64)
+        .bytes(b" (dying ")
+        .u64(g.dying_caches as u64)
+        .bytes(b"), thread heaps ")
+        .u64(g.thread_heaps as u64)
+        .byte(b'\n');
+    line.write_to(fd);
+
+    print_tree(fd, &Scope::root(), 0);
+}
+
+/// One line for `scope`, then its open children, depth first.
+fn print_tree(fd: c_int, scope: &Scope, depth: usize) {
+    let s = scope.stats();
+    let mut line = Line::new();
+    line.bytes(PREFIX)
+        .spaces(2 * depth)
+        .bytes(b"scope ")
+        .printable(scope.name().as_bytes(), 64)
+        .bytes(b" id=")
+        .u64(scope.id())
+        .bytes(b" bytes=")
+        .u64(s.bytes)
+        .bytes(b" self_bytes=")
+        .u64(s.self_bytes)
+        .bytes(b" objects=")
+        .u64(s.objects)
+        .bytes(b" self_objects=")
+        .u64(s.self_objects)
+        .bytes(b" peak=")
+        .u64(s.peak_bytes)
+        .bytes(b" charged=")
+        .u64(s.charged_bytes)
+        .bytes(b" allocs=")
+        .u64(s.allocs)
+        .bytes(b" frees=")
+        .u64(s.frees)
+        .bytes(b" limit=");
+    match scope.limit() {
+        Some(l) => line.u64(l as u64),
+        None => line.bytes(b"none"),
+    };
+    line.bytes(b" limit_hits=").u64(s.limit_hits).byte(b'\n');
+    line.write_to(fd);
+    let children = scope.children();
+    if depth >= MAX_DEPTH && !children.is_empty() {
+        let mut line = Line::new();
+        line.bytes(PREFIX)
+            .spaces(2 * depth + 2)
+            .bytes(b"(deeper scopes not shown)\n");
+        line.write_to(fd);
+        return;
+    }
+    for child in children {
+        print_tree(fd, &child, depth + 1);
+    }
+}
