@@ -18,6 +18,9 @@
 //! - `larson`: two threads churn (free a random slot, allocate a random size into it) on slot
 //!   arrays that the threads swap after every round, so half the frees are remote.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,26 +63,8 @@ macro_rules! for_each_contender {
     }};
 }
 
-/// splitmix64: a tiny deterministic PRNG, so every contender sees the same sizes and orders.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi` (modulo bias is irrelevant here).
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-}
-
 fn random_sizes(n: usize, lo: usize, hi: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng(seed);
     (0..n).map(|_| rng.range(lo, hi)).collect()
 }
 
@@ -184,7 +169,7 @@ const BURST: usize = 10_000;
 const BURST_SIZE: usize = 64;
 
 fn burst(c: &mut Criterion) {
-    let mut rng = SplitMix(0x5EED_0002);
+    let mut rng = Rng(0x5EED_0002);
     let mut random_order: Vec<usize> = (0..BURST).collect();
     for i in (1..BURST).rev() {
         random_order.swap(i, rng.range(0, i));
@@ -327,7 +312,7 @@ const LARSON_SLOTS: usize = 1000;
 const LARSON_STEPS: usize = 10_000;
 
 fn larson_run<A: GlobalAlloc + Sync>(a: &'static A, rounds: u64) -> Duration {
-    let mut rng = SplitMix(0x5EED_0004);
+    let mut rng = Rng(0x5EED_0004);
     let arrays: [Mutex<Vec<(usize, usize)>>; 2] = std::array::from_fn(|_| {
         let slots = (0..LARSON_SLOTS)
             .map(|_| {
@@ -344,7 +329,7 @@ fn larson_run<A: GlobalAlloc + Sync>(a: &'static A, rounds: u64) -> Duration {
         for t in 0..2usize {
             let (arrays, ready, round_end) = (&arrays, &ready, &round_end);
             s.spawn(move || {
-                let mut rng = SplitMix(0x1A25_0000 + t as u64);
+                let mut rng = Rng(0x1A25_0000 + t as u64);
                 ready.wait();
                 for round in 0..rounds {
                     {

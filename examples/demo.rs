@@ -10,6 +10,8 @@
 //! Printing is done outside measured scopes: the first `println!` allocates stdout's buffer,
 //! and it would be charged to the scope the thread is in.
 
+mod common;
+use common::human;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
@@ -18,19 +20,6 @@ use scopealloc::{global_stats, heap_stats, Scope, ScopeAlloc};
 
 #[global_allocator]
 static GLOBAL: ScopeAlloc = ScopeAlloc::new();
-
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
-
-fn human(bytes: u64) -> String {
-    if bytes >= MIB {
-        format!("{:.1} MiB", bytes as f64 / MIB as f64)
-    } else if bytes >= KIB {
-        format!("{:.1} KiB", bytes as f64 / KIB as f64)
-    } else {
-        format!("{bytes} B")
-    }
-}
 
 /// Prints `scope` and its open descendants as an indented tree.
 fn print_tree(scope: &Scope, depth: usize) {

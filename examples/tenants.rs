@@ -6,6 +6,8 @@
 //!
 //! `cargo run --release --example tenants`
 
+mod common;
+use common::human;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -15,8 +17,6 @@ use scopealloc::{Scope, ScopeAlloc};
 #[global_allocator]
 static GLOBAL: ScopeAlloc = ScopeAlloc::new();
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
 const WORKERS: usize = 4;
 
 #[derive(Clone, Copy, Debug)]
@@ -71,16 +71,6 @@ fn handle(tenant: &Tenant, req: &Request) -> Result<String, String> {
             let sum = buf.iter().fold(0u64, |a, &b| a.wrapping_mul(31) ^ b as u64);
             Ok(format!("imported {bytes} bytes, checksum {sum:016x}"))
         }
-    }
-}
-
-fn human(bytes: u64) -> String {
-    if bytes >= MIB {
-        format!("{:.1} MiB", bytes as f64 / MIB as f64)
-    } else if bytes >= KIB {
-        format!("{:.1} KiB", bytes as f64 / KIB as f64)
-    } else {
-        format!("{bytes} B")
     }
 }
 

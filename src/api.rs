@@ -429,6 +429,8 @@ impl Scope {
 /// Figures of a scope. `bytes`/`objects` count usable sizes of live objects charged to the scope
 /// and its descendants (open ones, and closed ones reparented into it); `self_*` exclude open
 /// descendants. Closed scopes report zero for the live figures (they moved to the ancestor).
+/// `#[repr(C)]`: the C library hands it out as `struct scopealloc_stats`.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScopeStats {
     /// Usable bytes of live objects, descendants included.

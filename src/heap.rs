@@ -159,6 +159,18 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         if b.is_null() || (*t).stock < size {
             return alloc_slow(class);
         }
+        pop(t, s, b, size)
+    }
+}
+
+/// Hands out `b`, the head of `s`'s free list, charging `size` to `t`'s stock.
+///
+/// # Safety
+/// `t` and `s` are this thread's; `b` is `s.free`, non-null; the stock covers `size`.
+#[inline(always)]
+unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) -> *mut u8 {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
         (*s).free = (*b).next;
         (*s).used
             .store((*s).used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -189,16 +201,7 @@ fn alloc_slow(class: usize) -> *mut u8 {
                 return null_mut();
             }
             match find_slab(heap, t, class) {
-                Found::Slab(s) => {
-                    let b = (*s).free;
-                    (*s).free = (*b).next;
-                    (*s).used
-                        .store((*s).used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                    (*s).allocs
-                        .store((*s).allocs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                    (*t).stock -= size;
-                    return b as *mut u8;
-                }
+                Found::Slab(s) => return pop(t, s, (*s).free, size),
                 Found::Closed => continue,
                 Found::Oom => return null_mut(),
             }

@@ -4,6 +4,8 @@
 //! RSS is a property of the whole process, so the tests of this binary run one at a time (each
 //! holds `ALONE`), and each measures against its own starting point.
 
+mod common;
+use common::{rss_bytes as rss, Rng};
 use std::alloc::{alloc, dealloc, Layout};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
@@ -24,38 +26,8 @@ fn alone() -> MutexGuard<'static, ()> {
     ALONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Resident set size of this process in bytes.
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .expect("statm has a resident field");
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    pages * page
-}
-
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / MIB as f64
-}
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
 }
 
 /// Allocates about `total` bytes in objects of `lo..=hi` bytes and writes every page of each.

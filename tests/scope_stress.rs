@@ -13,6 +13,8 @@
 //!
 //! The tests of this binary run one at a time (they read process-wide figures).
 
+mod common;
+use common::{rss_bytes, Rng};
 use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -44,27 +46,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-/// SplitMix64: small, seedable, good enough to pick sizes and scopes.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
     /// A request size: mostly small, some large page spans, a few huge mappings.
     fn size(&mut self) -> usize {
         match self.below(1000) {
@@ -820,14 +802,6 @@ fn closing_scopes_while_threads_allocate_and_free_in_them_conserves_at_the_ances
 }
 
 // ------------------------------------------------------------------------ release
-
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    pages * page
-}
 
 /// How many scopes' objects stay alive after their scope closed, before being freed.
 const RELEASE_WINDOW: usize = 256;

@@ -9,10 +9,11 @@
 //! sized for ~10-20 s in a debug build on two cores), STRESS_SEED (default: from the clock; the
 //! seed is printed first so a failure can be replayed).
 
+mod common;
+use common::{pattern_table, Rng, CHUNK, PERIOD};
 use std::alloc::{alloc, dealloc, realloc, Layout};
 use std::io::Write;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,22 +28,7 @@ const MAX_LIVE: usize = 1500;
 /// Objects per batch sent to another thread.
 const HANDOFF_BATCH: usize = 16;
 
-/// splitmix64.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-
     /// 1 B ..= 1 MiB, skewed to small: 80 % up to 256 B, 15 % up to 16 KiB, 4 % up to 256 KiB,
     /// 1 % up to 1 MiB.
     fn size(&mut self) -> usize {
@@ -63,20 +49,6 @@ impl Rng {
             _ => 64 * KIB,
         }
     }
-}
-
-/// The pattern repeats every `PERIOD` bytes (a prime, so it does not line up with power-of-two
-/// sizes); each object starts at an offset derived from its id.
-const PERIOD: usize = 65_521;
-const CHUNK: usize = 64 * KIB;
-
-fn pattern_table() -> &'static [u8] {
-    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut rng = Rng(0xFEED);
-        let period: Vec<u8> = (0..PERIOD).map(|_| rng.next() as u8).collect();
-        (0..PERIOD + CHUNK).map(|j| period[j % PERIOD]).collect()
-    })
 }
 
 /// One live object: its address, layout and id. Plain data, so it can cross threads.

@@ -6,11 +6,13 @@
 //! Every test takes `SERIAL` for reading; the OOM test takes it for writing, because while the
 //! OS-refusal hook is armed any other allocation in the process could fail.
 
+mod common;
+use common::{pattern_table, Rng, CHUNK, PERIOD};
 use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,40 +28,6 @@ static SERIAL: RwLock<()> = RwLock::new(());
 
 fn shared() -> RwLockReadGuard<'static, ()> {
     SERIAL.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-}
-
-/// The pattern repeats every `PERIOD` bytes (a prime, so objects of power-of-two sizes do not
-/// line up with it).
-const PERIOD: usize = 65_521;
-/// Bytes copied or compared per step by `fill` and `check`.
-const CHUNK: usize = 64 * KIB;
-
-/// `PERIOD + CHUNK` pseudo-random bytes: any window of `CHUNK` bytes starting below `PERIOD` is
-/// a valid slice of the periodic pattern.
-fn pattern_table() -> &'static [u8] {
-    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut rng = Rng(0xFEED);
-        let period: Vec<u8> = (0..PERIOD).map(|_| rng.next() as u8).collect();
-        (0..PERIOD + CHUNK).map(|j| period[j % PERIOD]).collect()
-    })
 }
 
 /// Where the pattern of object `tag` starts in the table.

@@ -24,45 +24,9 @@ const NO_LIMIT: usize = usize::MAX;
 /// Longest scope name kept by the core, in bytes.
 const NAME_MAX: usize = 63;
 
-/// `struct scopealloc_stats`: [`ScopeStats`] field by field.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct CScopeStats {
-    /// See [`ScopeStats::bytes`].
-    pub bytes: u64,
-    /// See [`ScopeStats::self_bytes`].
-    pub self_bytes: u64,
-    /// See [`ScopeStats::objects`].
-    pub objects: u64,
-    /// See [`ScopeStats::self_objects`].
-    pub self_objects: u64,
-    /// See [`ScopeStats::peak_bytes`].
-    pub peak_bytes: u64,
-    /// See [`ScopeStats::charged_bytes`].
-    pub charged_bytes: u64,
-    /// See [`ScopeStats::allocs`].
-    pub allocs: u64,
-    /// See [`ScopeStats::frees`].
-    pub frees: u64,
-    /// See [`ScopeStats::limit_hits`].
-    pub limit_hits: u64,
-}
-
-impl From<ScopeStats> for CScopeStats {
-    fn from(s: ScopeStats) -> Self {
-        CScopeStats {
-            bytes: s.bytes,
-            self_bytes: s.self_bytes,
-            objects: s.objects,
-            self_objects: s.self_objects,
-            peak_bytes: s.peak_bytes,
-            charged_bytes: s.charged_bytes,
-            allocs: s.allocs,
-            frees: s.frees,
-            limit_hits: s.limit_hits,
-        }
-    }
-}
+/// `struct scopealloc_stats`: the core's [`ScopeStats`] is `#[repr(C)]` with the same nine
+/// `uint64_t` fields in the same order.
+pub type CScopeStats = ScopeStats;
 
 /// `struct scopealloc_heap_stats`: [`scopealloc::HeapStats`] field by field.
 #[repr(C)]
@@ -255,7 +219,7 @@ pub unsafe extern "C" fn scopealloc_stats(h: Handle, out: *mut CScopeStats) -> c
         return libc::EINVAL;
     }
     // SAFETY: h is a live handle and out is writable (caller).
-    unsafe { *out = with(h, |s| s.stats()).into() };
+    unsafe { *out = with(h, |s| s.stats()) };
     0
 }
 
