@@ -249,16 +249,20 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
             // are the likeliest to have been freed into.
             list_move_to_tail(t, class, cur);
         }
-        let mut x = (*t).lists[class];
+        // Look at the oldest slabs first; a full one goes to the tail, so that successive slow
+        // paths look at different slabs.
         let mut n = 0;
-        while !x.is_null() && n < SCAN_LIMIT {
-            let next = (*x).tnext;
-            if x != cur && ready(x) {
+        while n < SCAN_LIMIT {
+            let x = (*t).lists[class];
+            if x.is_null() || x == cur {
+                break;
+            }
+            if ready(x) {
                 set_current(t, class, x);
                 return Found::Slab(x);
             }
+            list_move_to_tail(t, class, x);
             n += 1;
-            x = next;
         }
         match new_slab(heap, t, class) {
             Found::Slab(s) => {
@@ -1090,13 +1094,19 @@ pub fn heaps_in_use() -> usize {
     HEAPS.in_use()
 }
 
+// A table's slab list per class: doubly linked through `tnext`/`tprev`, null-terminated forward;
+// the head's `tprev` points at the tail, so moving a slab to the tail costs O(1).
+
 fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: t and s are this thread's; s is on no table list.
     unsafe {
-        (*s).tprev = null_mut();
-        (*s).tnext = (*t).lists[class];
-        if !(*t).lists[class].is_null() {
-            (*(*t).lists[class]).tprev = s;
+        let head = (*t).lists[class];
+        (*s).tnext = head;
+        if head.is_null() {
+            (*s).tprev = s;
+        } else {
+            (*s).tprev = (*head).tprev;
+            (*head).tprev = s;
         }
         (*t).lists[class] = s;
     }
@@ -1105,13 +1115,21 @@ fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
 fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: s is on t's list for class.
     unsafe {
-        if !(*s).tprev.is_null() {
-            (*(*s).tprev).tnext = (*s).tnext;
+        let head = (*t).lists[class];
+        let next = (*s).tnext;
+        if s == head {
+            if !next.is_null() {
+                (*next).tprev = (*s).tprev;
+            }
+            (*t).lists[class] = next;
         } else {
-            (*t).lists[class] = (*s).tnext;
-        }
-        if !(*s).tnext.is_null() {
-            (*(*s).tnext).tprev = (*s).tprev;
+            let prev = (*s).tprev;
+            (*prev).tnext = next;
+            if next.is_null() {
+                (*head).tprev = prev;
+            } else {
+                (*next).tprev = prev;
+            }
         }
         (*s).tnext = null_mut();
         (*s).tprev = null_mut();
@@ -1122,15 +1140,15 @@ fn list_move_to_tail(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: s is on t's list for class.
     unsafe {
         if (*s).tnext.is_null() {
-            return;
+            return; // already the tail
         }
         list_remove(t, class, s);
-        let mut x = (*t).lists[class];
-        while !(*x).tnext.is_null() {
-            x = (*x).tnext;
-        }
-        (*x).tnext = s;
-        (*s).tprev = x;
+        let head = (*t).lists[class]; // non-null: s had a successor
+        let tail = (*head).tprev;
+        (*tail).tnext = s;
+        (*s).tprev = tail;
+        (*s).tnext = null_mut();
+        (*head).tprev = s;
     }
 }
 
