@@ -573,12 +573,19 @@ pub mod raw {
         unsafe { usable_of(ptr) }
     }
 
-    /// Whether `ptr` is the start of an object of ours, without touching foreign memory: a live
-    /// object, or a freed small object (a freed large or huge object's pages are no longer ours to
+    /// Whether `ptr` points into memory of ours that holds objects, without touching foreign
+    /// memory: into a live slab (a live or freed small object, or inside one: see
+    /// [`is_block_start`]), or at a live large or huge object (a freed large or huge object's pages are no longer ours to
     /// describe, so it reads as foreign; and once a freed span is reused by a new object at the
     /// same address, a late double free of the old one cannot be told from a free of the new).
     pub fn owns(ptr: *const u8) -> bool {
         segment::owns(ptr)
+    }
+
+    /// [`owns`], and `ptr` is exactly the start of an object, not inside one (costs a division;
+    /// for `SCOPEALLOC_CHECK=1`).
+    pub fn is_block_start(ptr: *const u8) -> bool {
+        segment::is_block_start(ptr)
     }
 
     /// Best-effort double-free check (`SCOPEALLOC_CHECK=1`): true if `ptr` (ours) is already free

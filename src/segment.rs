@@ -232,8 +232,19 @@ fn registry_set(seg: *mut Segment, on: bool) {
     }
 }
 
-/// Whether `p` is the start of an object (live or freed) of ours. Touches only our own memory.
+/// Whether `p` points into a live slab or at a live large or huge object of ours. Touches only our
+/// own memory; cheap (no division): every C `free` asks it. [`is_block_start`] adds the exact
+/// object-boundary check.
 pub fn owns(p: *const u8) -> bool {
+    owns_where(p, false)
+}
+
+/// [`owns`], and `p` is exactly the start of an object (not inside one).
+pub fn is_block_start(p: *const u8) -> bool {
+    owns_where(p, true)
+}
+
+fn owns_where(p: *const u8, exact: bool) -> bool {
     if p.is_null() {
         return false;
     }
@@ -251,7 +262,7 @@ pub fn owns(p: *const u8) -> bool {
             KIND_SMALL => {
                 let off = (p as usize).wrapping_sub((*s).start as usize);
                 off < (*s).capacity as usize * (*s).block_size as usize
-                    && off.is_multiple_of((*s).block_size as usize)
+                    && (!exact || off.is_multiple_of((*s).block_size as usize))
             }
             KIND_LARGE | KIND_HUGE => core::ptr::eq(p, (*s).start),
             _ => false,

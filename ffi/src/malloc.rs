@@ -38,10 +38,16 @@ fn out_of_memory() -> *mut c_void {
     null_mut()
 }
 
-/// Aborts unless `p` (not null) is the start of an object of this allocator.
+/// Aborts unless `p` (not null) points into this allocator's objects; in check mode, unless it is
+/// exactly the start of one.
 #[inline(always)]
 fn check_ours(function: &[u8], p: *const u8) {
-    if !raw::owns(p) {
+    let ours = if CHECK.load(Ordering::Relaxed) {
+        raw::is_block_start(p)
+    } else {
+        raw::owns(p)
+    };
+    if !ours {
         fatal_pointer(
             function,
             b"invalid pointer",
