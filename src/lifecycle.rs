@@ -25,6 +25,24 @@
 //! touch the cache, but it does not need to: everything it needed it did under the lock, before
 //! `put`.
 //!
+//! ## The two timelines
+//! ```text
+//! race (a), allocate vs close            | race (b), free of the last object vs close
+//! T1 (allocating in S)   T2 (closing S)  | T1 (freeing)              T2 (closing S)
+//! S.lock; c = S.caches[k]                | c.lock; uncharge c.scope
+//! c.lock; S.unlock                       |                           c.lock ... waits
+//!                        S.lock; take c  | put: nrefs 1 -> 0, not dying: keep
+//!                        c.lock ... waits| c.unlock
+//! try_get: not dying, nrefs += 1         |                           kill: dying, nrefs == 0
+//! c.unlock; use new slab                 |                           -> T2 releases c (once)
+//!                        kill: dying;    | (T1 never touches c after its put; had T2's kill
+//!                        nrefs > 0: keep |  come first, T1's put would return "last" and T1
+//! ...last free: put -> "last": release   |  would release, T2 would not)
+//! ```
+//! Had T2 taken `c` out of `S` first, T1 would not have found it (it re-targets to the
+//! ancestor); had T2's kill come before T1's `try_get`, the `try_get` fails. No order lets a
+//! thread use a released cache or release one twice; `tests/loom_scope.rs` checks every order.
+//!
 //! # 2. Remote free: `remote_push` / `remote_take`
 //! A thread that frees an object of a slab it does not own pushes it onto the slab's
 //! `thread_free` list: a lock-free stack with many pushers and one taker, which takes the whole
