@@ -24,16 +24,9 @@ PY_TESTS=${SUITE_PY_TESTS:-"test_json test_dict test_set test_list test_unicode 
 REDIS_N=${SUITE_REDIS_REQUESTS:-100000}
 ROWS=${SUITE_SQLITE_ROWS:-300000}
 
-SO=${1:-${SCOPEALLOC_SO:-}}
-if [ -z "$SO" ]; then
-    ( cd "$ROOT" && "${CARGO:-cargo}" build -q -p scopealloc-ffi --release ) || {
-        echo "preload-suite: cannot build libscopealloc.so" >&2
-        exit 2
-    }
-    SO=${CARGO_TARGET_DIR:-$ROOT/target}/release/libscopealloc.so
-fi
-case $SO in /*) ;; *) SO=$PWD/$SO ;; esac
-[ -f "$SO" ] || { echo "preload-suite: $SO not found" >&2; exit 2; }
+# shellcheck source=scripts/find-library.sh
+. "$ROOT/scripts/find-library.sh"
+find_library preload-suite "${1:-}"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scopealloc-suite.XXXXXX")
 if [ "${SUITE_KEEP:-0}" = 1 ]; then

@@ -22,19 +22,9 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TIMEOUT=${PRELOAD_TIMEOUT:-120}
 
-SO=${1:-${SCOPEALLOC_SO:-}}
-if [ -z "$SO" ]; then
-    ( cd "$ROOT" && "${CARGO:-cargo}" build -q -p scopealloc-ffi --release ) || {
-        echo "preload-tests: cannot build libscopealloc.so" >&2
-        exit 2
-    }
-    SO=${CARGO_TARGET_DIR:-$ROOT/target}/release/libscopealloc.so
-fi
-case $SO in /*) ;; *) SO=$PWD/$SO ;; esac
-if [ ! -f "$SO" ]; then
-    echo "preload-tests: $SO not found" >&2
-    exit 2
-fi
+# shellcheck source=scripts/find-library.sh
+. "$ROOT/scripts/find-library.sh"
+find_library preload-tests "${1:-}"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scopealloc-preload.XXXXXX")
 if [ "${PRELOAD_KEEP:-0}" = 1 ]; then

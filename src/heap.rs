@@ -335,19 +335,31 @@ unsafe fn extend(s: *mut Slab) {
     }
 }
 
+/// Moves the remote frees of `s` onto its free list and out of its `used` count; returns how
+/// many. The caller gives their bytes back (to a stock, or to the scope counters).
+///
+/// # Safety
+/// The caller owns `s` (its thread, or its cache's lock for an abandoned slab).
+unsafe fn take_remote(s: *mut Slab) -> u32 {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
+        if n > 0 {
+            (*last).next = (*s).free;
+            (*s).free = first;
+            (*s).used
+                .store((*s).used.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+        }
+        n
+    }
+}
+
 /// Takes the remote frees of an owned slab: onto its free list, their bytes back into the stock
 /// of the slab's table.
 unsafe fn collect(s: *mut Slab) {
     // SAFETY: s is owned by this thread.
     unsafe {
-        let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
-        if n == 0 {
-            return;
-        }
-        (*last).next = (*s).free;
-        (*s).free = first;
-        (*s).used
-            .store((*s).used.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+        let n = take_remote(s);
         (*(*s).table).stock += n as i64 * (*s).block_size as i64;
     }
 }
@@ -607,12 +619,8 @@ unsafe fn free_abandoned(s: *mut Slab, p: *mut u8) {
 unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree_locked: bool) {
     // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists.
     unsafe {
-        let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
+        let n = take_remote(s);
         if n > 0 {
-            (*last).next = (*s).free;
-            (*s).free = first;
-            (*s).used
-                .store((*s).used.load(Ordering::Relaxed) - n, Ordering::Relaxed);
             scope::uncharge((*c).scope, n as u64 * (*s).block_size as u64);
         }
         if (*s).used.load(Ordering::Relaxed) == 0 {
@@ -992,14 +1000,8 @@ unsafe fn retire_table(t: *mut Table) {
                 (*s).owner.store(OWNER_ABANDONED, Ordering::Release);
                 (*c).push_abandoned(s);
                 // Remote frees that raced with the hand-over are taken now, under the lock.
-                let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
-                if n > 0 {
-                    (*last).next = (*s).free;
-                    (*s).free = first;
-                    (*s).used
-                        .store((*s).used.load(Ordering::Relaxed) - n, Ordering::Relaxed);
-                    (*t).stock += n as i64 * (*s).block_size as i64;
-                }
+                let n = take_remote(s);
+                (*t).stock += n as i64 * (*s).block_size as i64;
                 if (*s).used.load(Ordering::Relaxed) == 0 {
                     sweep_abandoned_locked(c, s, false);
                 } else {
