@@ -1245,3 +1245,50 @@ pub fn pools_lock(on: bool) {
         HEAPS.unlock();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(t: *mut Table) -> Vec<*mut Slab> {
+        let mut v = Vec::new();
+        // SAFETY: the test's table and slabs are live.
+        unsafe {
+            let mut s = (*t).lists[0];
+            while !s.is_null() {
+                v.push(s);
+                s = (*s).tnext;
+            }
+            if let Some(&tail) = v.last() {
+                assert_eq!((*(*t).lists[0]).tprev, tail, "the head's prev is the tail");
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn table_slab_lists_push_remove_and_rotate_in_constant_time() {
+        // SAFETY: an all-zero Table is valid (null pointers, zero counters).
+        let mut table: Box<Table> = Box::new(unsafe { core::mem::zeroed() });
+        let t: *mut Table = &mut *table;
+        let mut slabs: Vec<Slab> = (0..4).map(|_| Slab::empty()).collect();
+        let s: Vec<*mut Slab> = slabs.iter_mut().map(|x| x as *mut Slab).collect();
+        for &x in &s {
+            list_push(t, 0, x);
+        }
+        assert_eq!(order(t), vec![s[3], s[2], s[1], s[0]]);
+        list_move_to_tail(t, 0, s[3]);
+        assert_eq!(order(t), vec![s[2], s[1], s[0], s[3]]);
+        list_move_to_tail(t, 0, s[1]);
+        assert_eq!(order(t), vec![s[2], s[0], s[3], s[1]]);
+        list_move_to_tail(t, 0, s[1]); // already the tail
+        assert_eq!(order(t), vec![s[2], s[0], s[3], s[1]]);
+        list_remove(t, 0, s[1]); // the tail
+        assert_eq!(order(t), vec![s[2], s[0], s[3]]);
+        list_remove(t, 0, s[2]); // the head
+        assert_eq!(order(t), vec![s[0], s[3]]);
+        list_remove(t, 0, s[0]);
+        list_remove(t, 0, s[3]);
+        assert!(order(t).is_empty());
+    }
+}

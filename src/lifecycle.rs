@@ -266,3 +266,72 @@ pub unsafe fn remote_take<T: Linked>(head: &AtomicU64) -> (*mut T, *mut T, u32) 
     }
     (first, last, n)
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    struct Node {
+        next: *mut Node,
+    }
+
+    impl Linked for Node {
+        unsafe fn next(this: *mut Self) -> *mut Self {
+            // SAFETY: guaranteed by the caller.
+            unsafe { (*this).next }
+        }
+        unsafe fn set_next(this: *mut Self, next: *mut Self) {
+            // SAFETY: guaranteed by the caller.
+            unsafe { (*this).next = next }
+        }
+    }
+
+    #[test]
+    fn remote_list_counts_its_nodes_and_hands_them_over_whole() {
+        let head = AtomicU64::new(0);
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|_| Node {
+                next: core::ptr::null_mut(),
+            })
+            .collect();
+        let ptrs: Vec<*mut Node> = nodes.iter_mut().map(|n| n as *mut Node).collect();
+        assert!(remote_is_empty(&head));
+        for (i, &p) in ptrs.iter().enumerate() {
+            // SAFETY: p is a live node on no list.
+            unsafe { remote_push(&head, p) };
+            assert_eq!(remote_pending(&head), i as u32 + 1);
+        }
+        // SAFETY: this test is the list's only taker.
+        let (first, last, n) = unsafe { remote_take::<Node>(&head) };
+        assert_eq!(
+            (first, last, n),
+            (ptrs[2], ptrs[0], 3),
+            "a stack: last pushed first"
+        );
+        assert!(remote_is_empty(&head));
+        assert_eq!(remote_pending(&head), 0);
+        // SAFETY: as above.
+        let (first, _, n) = unsafe { remote_take::<Node>(&head) };
+        assert!(first.is_null() && n == 0);
+    }
+
+    #[test]
+    fn a_dying_cache_is_released_exactly_once_by_the_last_reference() {
+        let life = Life::new();
+        assert!(life.try_get());
+        assert!(life.try_get());
+        assert!(
+            !life.kill(),
+            "references remain: the killer does not release"
+        );
+        assert!(!life.try_get(), "no new reference once dying");
+        assert!(!life.put());
+        assert!(life.put(), "the last put of a dying cache releases it");
+        let idle = Life::new();
+        assert!(
+            idle.kill(),
+            "killing an unreferenced cache releases it at once"
+        );
+        assert!(!idle.kill(), "and only once");
+    }
+}
