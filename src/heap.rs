@@ -24,7 +24,9 @@
 //! `Table::stock` is read by nobody else (charges are read from the scope counters) and slabs'
 //! shared fields are documented in `segment::Slab`.
 
-use crate::lifecycle::{remote_is_empty, remote_pending, remote_push, remote_take, Linked};
+use crate::lifecycle::{
+    list_tail, remote_is_empty, remote_pending, remote_push, remote_take, Linked,
+};
 use crate::os;
 use crate::pool::Pool;
 use crate::scope::{self, Attach, Cache, ScopeNode};
@@ -343,9 +345,11 @@ unsafe fn extend(s: *mut Slab) {
 unsafe fn take_remote(s: *mut Slab) -> u32 {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let (first, last, n) = remote_take::<Block>(&(*s).thread_free);
+        let (first, n) = remote_take::<Block>(&(*s).thread_free);
         if n > 0 {
-            (*last).next = (*s).free;
+            if !(*s).free.is_null() {
+                (*list_tail(first, n)).next = (*s).free;
+            }
             (*s).free = first;
             (*s).used
                 .store((*s).used.load(Ordering::Relaxed) - n, Ordering::Relaxed);

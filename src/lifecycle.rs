@@ -246,25 +246,29 @@ pub unsafe fn remote_push<T: Linked>(head: &AtomicU64, node: *mut T) {
     }
 }
 
-/// Takes the whole remote-free list: returns (first, last, count); the caller, the owner, now owns
-/// the nodes.
+/// Takes the whole remote-free list: returns (first, count); the caller, the owner, now owns the
+/// nodes, a null-terminated list (the first node pushed onto an empty list links to null). The
+/// nodes are not touched here: a caller whose free list is empty adopts the list as it is.
 ///
 /// # Safety
 /// Only the owner of the list calls this.
-pub unsafe fn remote_take<T: Linked>(head: &AtomicU64) -> (*mut T, *mut T, u32) {
+pub unsafe fn remote_take<T: Linked>(head: &AtomicU64) -> (*mut T, u32) {
     let word = head.swap(0, Ordering::Acquire);
-    let first = (word & ADDR_MASK) as *mut T;
-    let n = (word >> ADDR_BITS) as u32;
-    if first.is_null() {
-        return (first, first, 0);
-    }
+    ((word & ADDR_MASK) as *mut T, (word >> ADDR_BITS) as u32)
+}
+
+/// The last node of a null-terminated list of `n ≥ 1` nodes taken by [`remote_take`].
+///
+/// # Safety
+/// `first` heads such a list, owned by the caller.
+pub unsafe fn list_tail<T: Linked>(first: *mut T, n: u32) -> *mut T {
     let mut last = first;
     for _ in 1..n {
         // SAFETY: nodes published by remote_push were fully written before the Release CAS that
-        // our Acquire swap synchronises with; the count says how many there are.
+        // the taker's Acquire swap synchronises with; the count says how many there are.
         last = unsafe { T::next(last) };
     }
-    (first, last, n)
+    last
 }
 
 #[cfg(all(test, not(loom)))]
@@ -301,17 +305,17 @@ mod tests {
             unsafe { remote_push(&head, p) };
             assert_eq!(remote_pending(&head), i as u32 + 1);
         }
-        // SAFETY: this test is the list's only taker.
-        let (first, last, n) = unsafe { remote_take::<Node>(&head) };
-        assert_eq!(
-            (first, last, n),
-            (ptrs[2], ptrs[0], 3),
-            "a stack: last pushed first"
-        );
+        // SAFETY: this test is the list's only taker; the nodes are live.
+        let (first, n) = unsafe { remote_take::<Node>(&head) };
+        assert_eq!((first, n), (ptrs[2], 3), "a stack: last pushed first");
+        // SAFETY: as above.
+        assert_eq!(unsafe { list_tail(first, n) }, ptrs[0]);
+        // SAFETY: as above.
+        assert!(unsafe { Node::next(ptrs[0]) }.is_null(), "null-terminated");
         assert!(remote_is_empty(&head));
         assert_eq!(remote_pending(&head), 0);
         // SAFETY: as above.
-        let (first, _, n) = unsafe { remote_take::<Node>(&head) };
+        let (first, n) = unsafe { remote_take::<Node>(&head) };
         assert!(first.is_null() && n == 0);
     }
 

@@ -217,7 +217,7 @@ fn remote_free_of_last_object_vs_owner_release() {
         // The owner frees its own object, then takes remote frees until the slab is empty.
         slab.used.store(1, Ordering::Relaxed);
         loop {
-            let (_first, _last, n) = unsafe { remote_take::<Node>(&slab.thread_free) };
+            let (_first, n) = unsafe { remote_take::<Node>(&slab.thread_free) };
             let used = slab.used.load(Ordering::Relaxed) - n;
             slab.used.store(used, Ordering::Relaxed);
             if used == 0 {
