@@ -529,6 +529,7 @@ pub fn tick(force: bool) {
     // SAFETY: we hold the back-end lock.
     maybe_tick(unsafe { &mut *BACKEND.state.get() }, force);
     BACKEND.lock.unlock();
+    huge_cache_decay(force);
 }
 
 /// Maps a huge object of `size` bytes aligned to `align`; returns its descriptor (in the header
@@ -546,10 +547,14 @@ pub fn alloc_huge(size: usize, align: usize) -> *mut Slab {
     else {
         return null_mut();
     };
-    // For align >= SEGMENT_SIZE the object must sit at base + SEGMENT_SIZE, aligned: map aligned
-    // to `align` one segment early.
-    let (base, map_len) = if align < SEGMENT_SIZE {
-        (os::map_aligned(len, map_align), len)
+    // A mapping freed a moment ago serves first (no system call, no page faults); then, for
+    // align >= SEGMENT_SIZE the object must sit at base + SEGMENT_SIZE, aligned: map aligned to
+    // `align` one segment early.
+    let (base, map_len, fresh) = if align < SEGMENT_SIZE {
+        match huge_cache_take(len) {
+            Some((base, cached_len)) => (base, cached_len, false),
+            None => (os::map_aligned(len, map_align), len, true),
+        }
     } else {
         let Some(total) = len.checked_add(align) else {
             return null_mut();
@@ -572,13 +577,13 @@ pub fn alloc_huge(size: usize, align: usize) -> *mut Slab {
                 os::unmap(base.add(len), tail);
             }
         }
-        (base, len)
+        (base, len, true)
     };
     if base.is_null() {
         return null_mut();
     }
     let seg = base as *mut Segment;
-    // SAFETY: the mapping is fresh and zeroed; we own it.
+    // SAFETY: the mapping is fresh and zeroed, or a cached one nobody else refers to; we own it.
     unsafe {
         (*seg).kind = SEG_HUGE;
         (*seg).map_base = base;
@@ -588,10 +593,15 @@ pub fn alloc_huge(size: usize, align: usize) -> *mut Slab {
         (*s).owner = AtomicUsize::new(OWNER_LARGE);
         (*s).start = base.add(offset);
         (*s).block_size = 0;
-        (*s).zeroed = true;
+        // The usable size is what was asked, page-rounded, even in a larger cached mapping, so
+        // that charge and uncharge agree.
+        (*s).npages = ((len - offset) / OS_PAGE) as u32;
+        (*s).zeroed = fresh;
         (*s).used = AtomicU32::new(1);
         HUGE_BYTES.fetch_add(map_len, Ordering::Relaxed);
-        registry_set(seg, true);
+        if fresh {
+            registry_set(seg, true);
+        }
         s
     }
 }
@@ -602,13 +612,11 @@ pub fn alloc_huge(size: usize, align: usize) -> *mut Slab {
 /// `s` is the descriptor of a live huge object.
 pub unsafe fn huge_usable(s: *const Slab) -> usize {
     // SAFETY: guaranteed by the caller.
-    unsafe {
-        let seg = segment_of((*s).start);
-        (*seg).map_base as usize + (*seg).map_len - (*s).start as usize
-    }
+    unsafe { (*s).npages as usize * OS_PAGE }
 }
 
-/// Unmaps a huge object.
+/// Frees a huge object: its mapping goes to the huge cache (for reuse within the decay time) or
+/// back to the OS.
 ///
 /// # Safety
 /// `s` describes a huge object that is no longer used.
@@ -617,9 +625,128 @@ pub unsafe fn free_huge(s: *mut Slab) {
     unsafe {
         let seg = segment_of((*s).start);
         let (base, len) = ((*seg).map_base, (*seg).map_len);
-        registry_set(seg, false);
         HUGE_BYTES.fetch_sub(len, Ordering::Relaxed);
-        os::unmap(base, len);
+        (*s).kind = KIND_FREE;
+        (*s).owner.store(OWNER_NONE, Ordering::Relaxed);
+        huge_cache_decay(false);
+        if !huge_cache_put(base, len) {
+            registry_set(seg, false);
+            os::unmap(base, len);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The huge cache: recently freed huge mappings, kept mapped (and dirty) for at most the decay
+// time, so that a program that frees and allocates multi-MiB objects in a loop does not pay an
+// mmap, a munmap and a page fault per page each time. Its own lock, taken with no other held.
+
+const HUGE_CACHE_SLOTS: usize = 16;
+/// At most this many bytes stay cached; a larger mapping is unmapped at once.
+const HUGE_CACHE_BYTES: usize = 16 << 20;
+
+#[derive(Clone, Copy)]
+struct CachedMapping {
+    base: usize,
+    len: usize,
+    freed_ms: u64,
+}
+
+struct HugeCache {
+    lock: SpinLock,
+    slots: UnsafeCell<[CachedMapping; HUGE_CACHE_SLOTS]>,
+}
+
+// SAFETY: `slots` is only touched under `lock`.
+unsafe impl Sync for HugeCache {}
+
+static HUGE_CACHE: HugeCache = HugeCache {
+    lock: SpinLock::new(),
+    slots: UnsafeCell::new(
+        [CachedMapping {
+            base: 0,
+            len: 0,
+            freed_ms: 0,
+        }; HUGE_CACHE_SLOTS],
+    ),
+};
+/// Bytes in the huge cache, for `heap_stats().cached`.
+static HUGE_CACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Keeps a freed huge mapping; false when it does not fit (the caller unmaps it).
+fn huge_cache_put(base: *mut u8, len: usize) -> bool {
+    if DECAY_MS.load(Ordering::Relaxed) == 0
+        || HUGE_CACHED.load(Ordering::Relaxed) + len > HUGE_CACHE_BYTES
+    {
+        return false;
+    }
+    let now = os::now_ms();
+    HUGE_CACHE.lock.lock();
+    // SAFETY: we hold the huge-cache lock.
+    let slots = unsafe { &mut *HUGE_CACHE.slots.get() };
+    let kept = match slots.iter_mut().find(|m| m.base == 0) {
+        Some(m) => {
+            *m = CachedMapping {
+                base: base as usize,
+                len,
+                freed_ms: now,
+            };
+            HUGE_CACHED.fetch_add(len, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    };
+    HUGE_CACHE.lock.unlock();
+    kept
+}
+
+/// A cached mapping of at least `len` bytes and at most a quarter more; (base, its length).
+fn huge_cache_take(len: usize) -> Option<(*mut u8, usize)> {
+    if HUGE_CACHED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    HUGE_CACHE.lock.lock();
+    // SAFETY: we hold the huge-cache lock.
+    let slots = unsafe { &mut *HUGE_CACHE.slots.get() };
+    let best = slots
+        .iter_mut()
+        .filter(|m| m.base != 0 && m.len >= len && m.len - len <= len / 4)
+        .min_by_key(|m| m.len);
+    let found = best.map(|m| {
+        let got = (m.base as *mut u8, m.len);
+        HUGE_CACHED.fetch_sub(m.len, Ordering::Relaxed);
+        m.base = 0;
+        got
+    });
+    HUGE_CACHE.lock.unlock();
+    found
+}
+
+/// Unmaps cached huge mappings older than the decay time (all of them when `force`).
+fn huge_cache_decay(force: bool) {
+    if HUGE_CACHED.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let now = os::now_ms();
+    let decay = DECAY_MS.load(Ordering::Relaxed);
+    let mut expired = [(0usize, 0usize); HUGE_CACHE_SLOTS];
+    let mut n = 0;
+    HUGE_CACHE.lock.lock();
+    // SAFETY: we hold the huge-cache lock.
+    let slots = unsafe { &mut *HUGE_CACHE.slots.get() };
+    for m in slots.iter_mut() {
+        if m.base != 0 && (force || now >= m.freed_ms + decay) {
+            expired[n] = (m.base, m.len);
+            n += 1;
+            HUGE_CACHED.fetch_sub(m.len, Ordering::Relaxed);
+            m.base = 0;
+        }
+    }
+    HUGE_CACHE.lock.unlock();
+    for &(base, len) in &expired[..n] {
+        registry_set(base as *mut Segment, false);
+        // SAFETY: the mapping left the cache under its lock: nobody else refers to it.
+        unsafe { os::unmap(base as *mut u8, len) };
     }
 }
 
@@ -634,17 +761,19 @@ pub fn figures() -> (usize, usize) {
     BACKEND.lock.unlock();
     (
         used * PAGE_SIZE + HUGE_BYTES.load(Ordering::Relaxed),
-        dirty * PAGE_SIZE,
+        dirty * PAGE_SIZE + HUGE_CACHED.load(Ordering::Relaxed),
     )
 }
 
 /// Takes the back-end lock (fork prepare).
 pub fn lock_for_fork() {
     BACKEND.lock.lock();
+    HUGE_CACHE.lock.lock();
 }
 
 /// Releases the back-end lock (fork parent and child).
 pub fn unlock_after_fork() {
+    HUGE_CACHE.lock.force_unlock();
     BACKEND.lock.force_unlock();
 }
 
@@ -698,6 +827,31 @@ mod tests {
                 assert!(!owns(p));
             }
         }
+    }
+
+    #[test]
+    fn a_freed_huge_mapping_is_reused_dirty_then_returned_by_the_decay() {
+        let s = alloc_huge(6 << 20, 16);
+        assert!(!s.is_null());
+        // SAFETY: s is a live huge descriptor until freed.
+        let (p, usable) = unsafe { ((*s).start, huge_usable(s)) };
+        // SAFETY: as above.
+        unsafe { free_huge(s) };
+        assert!(!owns(p), "a cached mapping holds no object");
+        let again = alloc_huge(6 << 20, 16);
+        // SAFETY: again is live until freed.
+        unsafe {
+            assert_eq!(
+                (*again).start,
+                p,
+                "the cached mapping serves the same size again"
+            );
+            assert!(!(*again).zeroed, "reused memory is not known to be zero");
+            assert_eq!(huge_usable(again), usable);
+            free_huge(again);
+        }
+        huge_cache_decay(true);
+        assert!(!owns(p));
     }
 
     #[test]
