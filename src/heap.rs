@@ -251,36 +251,20 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> Found {
             // are the likeliest to have been freed into.
             list_move_to_tail(t, class, cur);
         }
-        // Look at the oldest slabs first, each passed-over one going to the tail so that
-        // successive slow paths look at different slabs. Take a slab at once if a quarter of it
-        // is free; otherwise the one with the most free objects in the window, so that a heap
-        // with many sparsely freed slabs does not take a slow path every few allocations.
-        let mut best: *mut Slab = null_mut();
-        let mut best_free = 0;
+        // Look at the oldest slabs first; a full one goes to the tail, so that successive slow
+        // paths look at different slabs.
         let mut n = 0;
         while n < SCAN_LIMIT {
             let x = (*t).lists[class];
-            if x.is_null() || x == cur || x == best {
+            if x.is_null() || x == cur {
                 break;
             }
-            if !remote_is_empty(&(*x).thread_free) {
-                collect(x);
-            }
-            let free = (*x).capacity - (*x).used.load(Ordering::Relaxed);
-            if free >= (*x).capacity / 4 {
-                best = x;
-                break;
-            }
-            if free > best_free {
-                best = x;
-                best_free = free;
+            if ready(x) {
+                set_current(t, class, x);
+                return Found::Slab(x);
             }
             list_move_to_tail(t, class, x);
             n += 1;
-        }
-        if !best.is_null() && ready(best) {
-            set_current(t, class, best);
-            return Found::Slab(best);
         }
         match new_slab(heap, t, class) {
             Found::Slab(s) => {
