@@ -466,13 +466,7 @@ unsafe fn refill(heap: *mut Heap, t: *mut Table, need: i64) -> bool {
             return true;
         }
         // Reclaim: this thread's stocks everywhere, and its remote frees.
-        let mut x = (*heap).tables;
-        while !x.is_null() {
-            if x != t {
-                flush_stock(x, 0);
-            }
-            x = (*x).next;
-        }
+        flush_stocks_except(heap, t);
         collect_all(t);
         if (*t).stock >= need {
             return true;
@@ -497,6 +491,21 @@ unsafe fn flush_stock(t: *mut Table, keep: i64) {
         if (*t).stock > keep {
             scope::uncharge((*t).scope, ((*t).stock - keep) as u64);
             (*t).stock = keep;
+        }
+    }
+}
+
+/// Returns the whole stock of every table of `heap` but `except` to the scope counters, before a
+/// refusal is final.
+unsafe fn flush_stocks_except(heap: *mut Heap, except: *mut Table) {
+    // SAFETY: heap and its tables are this thread's.
+    unsafe {
+        let mut x = (*heap).tables;
+        while !x.is_null() {
+            if x != except {
+                flush_stock(x, 0);
+            }
+            x = (*x).next;
         }
     }
 }
@@ -568,8 +577,7 @@ unsafe fn retire_slab(t: *mut Table, s: *mut Slab) {
         (*c).unlink_slab(s);
         let last = (*c).life.put_locked();
         (*c).life.unlock();
-        let seg = segment::segment_of((*s).start.add(1));
-        segment::free_span(seg, (*s).page_idx as usize, (*s).npages as usize);
+        segment::free_slab_span(s);
         if last {
             scope::release_cache(c);
         }
@@ -631,8 +639,7 @@ unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree_locked: bool)
             (*c).unlink_slab(s);
             let last = (*c).life.put_locked();
             (*c).life.unlock();
-            let seg = segment::segment_of((*s).start.add(1));
-            segment::free_span(seg, (*s).page_idx as usize, (*s).npages as usize);
+            segment::free_slab_span(s);
             if last && tree_locked {
                 scope::release_cache_tree_locked(c);
             } else if last {
@@ -701,13 +708,7 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
             let mut ok = false;
             if !heap.is_null() {
                 // SAFETY: heap is this thread's.
-                unsafe {
-                    let mut x = (*heap).tables;
-                    while !x.is_null() {
-                        flush_stock(x, 0);
-                        x = (*x).next;
-                    }
-                }
+                unsafe { flush_stocks_except(heap, null_mut()) };
                 ok = scope::try_charge(s, usable as u64).is_ok();
             }
             if !ok {
@@ -790,8 +791,7 @@ unsafe fn release_large_memory(s: *mut Slab) {
         if (*s).kind == KIND_HUGE {
             segment::free_huge(s);
         } else {
-            let seg = segment::segment_of((*s).start.add(1));
-            segment::free_span(seg, (*s).page_idx as usize, (*s).npages as usize);
+            segment::free_slab_span(s);
         }
     }
 }

@@ -179,7 +179,6 @@ pub struct Segment {
     dirty_old: u64,
     next: *mut Segment,
     prev: *mut Segment,
-    in_avail: bool,
     /// Huge mappings: where the mapping starts and how long it is.
     pub map_base: *mut u8,
     pub map_len: usize,
@@ -390,7 +389,6 @@ pub fn alloc_span(n: usize, align_pages: usize) -> Option<Span> {
                 return None;
             }
             list_push(&mut st.avail, fresh);
-            (*fresh).in_avail = true;
             found = Some((fresh, step));
         }
         let (seg, i) = found.unwrap_or((null_mut(), 0));
@@ -408,7 +406,6 @@ pub fn alloc_span(n: usize, align_pages: usize) -> Option<Span> {
         st.used_pages += n;
         if (*seg).free_mask == 0 {
             list_remove(&mut st.avail, seg);
-            (*seg).in_avail = false;
             list_push(&mut st.full, seg);
         }
         for p in i..i + n {
@@ -458,18 +455,31 @@ pub unsafe fn free_span(seg: *mut Segment, idx: usize, n: usize) {
         let slab = (*seg).slabs.as_mut_ptr().add(idx);
         (*slab).kind = KIND_FREE;
         (*slab).owner.store(OWNER_NONE, Ordering::Relaxed);
+        // A segment is on the full list exactly while it has no free page.
+        let was_full = (*seg).free_mask == 0;
         (*seg).free_mask |= m;
         (*seg).dirty_new |= m;
         st.dirty_pages += n;
         st.used_pages -= n;
-        if !(*seg).in_avail {
+        if was_full {
             list_remove(&mut st.full, seg);
             list_push(&mut st.avail, seg);
-            (*seg).in_avail = true;
         }
         maybe_tick(st, false);
     }
     b.lock.unlock();
+}
+
+/// Returns the span described by slab descriptor `s` (a small-object slab or a large object).
+///
+/// # Safety
+/// As [`free_span`]: the span holds no live object.
+pub unsafe fn free_slab_span(s: *mut Slab) {
+    // SAFETY: guaranteed by the caller; a slab's start lies inside its own segment.
+    unsafe {
+        let seg = segment_of((*s).start.add(1));
+        free_span(seg, (*s).page_idx as usize, (*s).npages as usize);
+    }
 }
 
 fn maybe_tick(st: &mut BackendState, force: bool) {
