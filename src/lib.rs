@@ -25,29 +25,34 @@
 //! ```
 //!
 //! See `docs/ARCHITECTURE.md` for the design and the protocol essays at the top of the
-//! `lifecycle`, `scope` and `heap` modules.
+//! modules (`accounting::percpu_ref`, `objects::scope`, `frontend`).
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod lifecycle;
-pub mod sync;
-
+// Layers, bottom to top; each imports only from the layers above it in this list (see
+// docs/ARCHITECTURE.md).
 #[cfg(not(loom))]
-mod fork;
-#[cfg(not(loom))]
-mod heap;
-#[cfg(not(loom))]
-mod os;
-#[cfg(not(loom))]
-mod pool;
-#[cfg(not(loom))]
-mod scope;
-#[cfg(not(loom))]
-mod segment;
-#[cfg(not(loom))]
-pub mod size_class;
-
+mod accounting;
+#[cfg(loom)]
+pub mod accounting;
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]
+mod backend;
+#[cfg(not(loom))]
+mod frontend;
+#[cfg(not(loom))]
+mod objects;
+#[cfg(not(loom))]
+mod platform;
+#[cfg(not(loom))]
+mod sync;
+#[cfg(loom)]
+pub mod sync;
+
+#[cfg(not(loom))]
 pub use api::*;
+#[cfg(not(loom))]
+pub use objects::size_class;

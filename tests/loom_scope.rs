@@ -5,7 +5,7 @@
 //! RUSTFLAGS="--cfg loom" cargo test --release --test loom_scope
 //! ```
 //!
-//! Each model explores every interleaving of its threads. The "cache" of a model is a `Life` plus
+//! Each model explores every interleaving of its threads. The "cache" of a model is a `PercpuRef` plus
 //! a `released` flag; touching a released cache, releasing twice or never releasing a dying,
 //! unreferenced cache fails the model.
 #![cfg(loom)]
@@ -13,7 +13,43 @@
 use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use scopealloc::lifecycle::{remote_pending, remote_push, remote_take, Life, Linked};
+use scopealloc::accounting::percpu_ref::PercpuRef as Life;
+use scopealloc::sync::remote::{remote_pending, remote_push, remote_take, Linked};
+
+/// The production code's pattern around each reference operation: lock, the `_locked` call,
+/// unlock.
+trait Locked {
+    fn try_get(&self) -> bool;
+    fn put(&self) -> bool;
+    fn kill(&self) -> bool;
+}
+
+impl Locked for Life {
+    fn try_get(&self) -> bool {
+        self.lock();
+        // SAFETY: locked just above.
+        let got = unsafe { self.tryget_locked() };
+        // SAFETY: this thread holds the lock.
+        unsafe { self.unlock() };
+        got
+    }
+    fn put(&self) -> bool {
+        self.lock();
+        // SAFETY: locked just above; the caller holds a reference.
+        let last = unsafe { self.put_locked() };
+        // SAFETY: this thread holds the lock.
+        unsafe { self.unlock() };
+        last
+    }
+    fn kill(&self) -> bool {
+        self.lock();
+        // SAFETY: locked just above.
+        let last = unsafe { self.kill_locked() };
+        // SAFETY: this thread holds the lock.
+        unsafe { self.unlock() };
+        last
+    }
+}
 
 struct ModelCache {
     life: Life,
@@ -66,8 +102,8 @@ fn allocate_vs_close() {
             let c = c.clone();
             thread::spawn(move || {
                 c.life.lock();
-                let got = c.life.try_get_locked();
-                c.life.unlock();
+                let got = unsafe { c.life.tryget_locked() };
+                unsafe { c.life.unlock() };
                 if got {
                     c.touch(); // allocate from the new slab
                     if c.life.put() {
@@ -97,8 +133,8 @@ fn free_of_last_object_vs_close_vs_reparent() {
             thread::spawn(move || {
                 c.life.lock();
                 let _uncharge_to = c.target.load(Ordering::SeqCst);
-                let last = c.life.put_locked();
-                c.life.unlock();
+                let last = unsafe { c.life.put_locked() };
+                unsafe { c.life.unlock() };
                 if last {
                     c.release();
                 }
@@ -109,9 +145,9 @@ fn free_of_last_object_vs_close_vs_reparent() {
             let c = c.clone();
             thread::spawn(move || {
                 c.life.lock();
-                let last = c.life.kill_locked();
+                let last = unsafe { c.life.kill_locked() };
                 c.target.store(1, Ordering::SeqCst);
-                c.life.unlock();
+                unsafe { c.life.unlock() };
                 if last {
                     c.release();
                 }

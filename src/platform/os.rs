@@ -1,13 +1,11 @@
-//! The platform layer: the only place that talks to the OS for memory (mmap, munmap, madvise),
-//! time and diagnostics. Nothing here allocates or panics.
+//! The OS calls for memory (mmap, munmap, madvise), time and diagnostics: the only place that
+//! talks to the OS for them. Nothing here allocates or panics.
 //!
-//! A test hook ([`crate::testing::os_fail_after`]) makes [`map`] fail on demand, so the tests can
-//! check that the allocator returns null (never aborts) when the OS refuses memory.
+//! A test hook ([`super::fail`]) makes [`map_aligned`] fail on demand, so the tests can check
+//! that the allocator returns null (never aborts) when the OS refuses memory.
 
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
-
-/// Remaining successful mappings before [`map`] fails; `u64::MAX` = the hook is off.
-static FAIL_AFTER: AtomicU64 = AtomicU64::new(u64::MAX);
+use super::fail::{self, Call};
+use crate::sync::{AtomicUsize, Ordering};
 
 /// Bytes mapped from the OS right now (segments and huge objects).
 pub static MAPPED: AtomicUsize = AtomicUsize::new(0);
@@ -16,31 +14,10 @@ pub static RETURNED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of mapped memory currently returned with madvise (mapped but not committed).
 pub static PURGED: AtomicUsize = AtomicUsize::new(0);
 
-/// Arms (`Some(k)`: the next k mappings succeed, then all fail) or disarms (`None`) the hook.
-pub fn set_fail_after(n: Option<u64>) {
-    FAIL_AFTER.store(n.unwrap_or(u64::MAX), Ordering::SeqCst);
-}
-
-fn hook_refuses() -> bool {
-    let mut cur = FAIL_AFTER.load(Ordering::Relaxed);
-    loop {
-        if cur == u64::MAX {
-            return false;
-        }
-        if cur == 0 {
-            return true;
-        }
-        match FAIL_AFTER.compare_exchange(cur, cur - 1, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return false,
-            Err(v) => cur = v,
-        }
-    }
-}
-
 /// Maps `len` bytes (a multiple of the OS page size) of fresh, zeroed, read-write memory aligned
 /// to `align` (a power of two ≥ 4096). Returns null when the OS (or the test hook) refuses.
 pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
-    if hook_refuses() {
+    if fail::refuses(Call::Map) {
         return core::ptr::null_mut();
     }
     let Some(over) = len.checked_add(align) else {

@@ -11,8 +11,8 @@
 //! Who touches what: `alloc`/`free`/`trim` under the pool lock; `for_each` walks the append-only
 //! chunk list and the (atomic) bitmaps without the lock.
 
-use crate::os;
-use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, SpinLock};
+use crate::platform::os;
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, RawLock};
 use core::cell::UnsafeCell;
 use core::mem::size_of;
 
@@ -40,7 +40,7 @@ const _: () = assert!(size_of::<Chunk>() <= HEADER_BYTES);
 /// A pool of `T`s. `T` must be valid when all-zero (atomics, raw pointers, integers, bools): fresh
 /// and trimmed items read as zero.
 pub struct Pool<T> {
-    lock: SpinLock,
+    lock: RawLock,
     chunks: AtomicPtr<Chunk>,
     /// A chunk that had a free slot at the last look (under the lock).
     hint: UnsafeCell<*mut Chunk>,
@@ -56,7 +56,7 @@ impl<T> Pool<T> {
     /// An empty pool; maps nothing until the first `alloc`.
     pub const fn new() -> Self {
         Pool {
-            lock: SpinLock::new(),
+            lock: RawLock::new(),
             chunks: AtomicPtr::new(core::ptr::null_mut()),
             hint: UnsafeCell::new(core::ptr::null_mut()),
             in_use: AtomicUsize::new(0),

@@ -1,0 +1,123 @@
+//! The `GlobalAlloc`: the Rust entry points, and the size, zeroing and realloc logic the C
+//! entry points share.
+
+use crate::frontend::{alloc, free, large};
+use crate::objects::size_class::{class_for, class_of, MAX_SMALL};
+use crate::objects::slab::{slab_of, KIND_SMALL};
+use core::alloc::{GlobalAlloc, Layout};
+
+/// The allocator. Install it with `#[global_allocator]`, or call it directly through
+/// [`GlobalAlloc`].
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let v: Vec<u64> = (0..1000).collect();
+/// assert_eq!(v.iter().sum::<u64>(), 499_500);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScopeAlloc;
+
+impl ScopeAlloc {
+    /// The allocator; all state is global, so this is free.
+    pub const fn new() -> Self {
+        ScopeAlloc
+    }
+}
+
+#[inline(always)]
+pub(super) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if align <= 8 && size <= MAX_SMALL {
+        return alloc::alloc_small(class_of(size));
+    }
+    match class_for(size, align) {
+        Some(c) => alloc::alloc_small(c),
+        None => large::alloc_large(size, align),
+    }
+}
+
+/// Usable size of a pointer of ours.
+#[inline]
+pub(super) unsafe fn usable_of(p: *const u8) -> usize {
+    // SAFETY: the caller guarantees p is ours.
+    unsafe {
+        let s = slab_of(p);
+        if (*s).kind == KIND_SMALL {
+            (*s).block_size as usize
+        } else {
+            large::large_usable(s)
+        }
+    }
+}
+
+/// Zeroes the first `size` bytes of a new object unless it is known to be fresh from the OS.
+pub(super) unsafe fn zero_new(p: *mut u8, size: usize) {
+    // SAFETY: p is a new object of at least size bytes.
+    unsafe {
+        let s = slab_of(p);
+        if (*s).kind == KIND_SMALL || !(*s).zeroed {
+            core::ptr::write_bytes(p, 0, size);
+        }
+    }
+}
+
+/// Moves an object to a new size: in place when the size still fits its class or span without
+/// wasting more than half of it; otherwise a new object, a copy and a free.
+pub(super) unsafe fn realloc_aligned(
+    p: *mut u8,
+    old_size: usize,
+    align: usize,
+    new_size: usize,
+) -> *mut u8 {
+    // SAFETY: p is a live object of ours of at least old_size bytes.
+    unsafe {
+        let usable = usable_of(p);
+        if new_size <= usable && new_size >= usable / 2 {
+            return p;
+        }
+        let q = alloc_aligned(new_size, align);
+        if !q.is_null() {
+            core::ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
+            free::free(p);
+        }
+        q
+    }
+}
+
+// SAFETY: every pointer returned is a fresh object of at least the requested size and alignment,
+// owned by the caller until it is given back; null on failure.
+unsafe impl GlobalAlloc for ScopeAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        alloc_aligned(layout.size(), layout.align())
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: GlobalAlloc's contract: ptr came from this allocator and is live.
+        unsafe { free::free(ptr) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = alloc_aligned(layout.size(), layout.align());
+        if !p.is_null() {
+            // SAFETY: p is a new object of layout.size() bytes.
+            unsafe { zero_new(p, layout.size()) };
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: GlobalAlloc's contract: ptr is live with this layout.
+        unsafe { realloc_aligned(ptr, layout.size(), layout.align(), new_size) }
+    }
+}
+
+/// The usable size of an object: at least what was asked, often a little more.
+///
+/// # Safety
+/// `ptr` is a live object of this allocator.
+pub unsafe fn usable_size(ptr: *const u8) -> usize {
+    // SAFETY: guaranteed by the caller.
+    unsafe { usable_of(ptr) }
+}

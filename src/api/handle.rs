@@ -1,0 +1,253 @@
+//! Scope handles: `Scope` (a counted reference on a node) and `ScopeGuard` (entry until drop).
+
+use crate::frontend::{table::Table, thread_heap};
+use crate::objects::scope::{self, ScopeNode};
+use crate::objects::stats::{self, ScopeStats};
+use crate::sync::Ordering;
+use core::ffi::c_void;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+// ---------------------------------------------------------------------------------------------
+// Scopes.
+
+/// A handle on a scope: cheap to clone, `Send + Sync`. Dropping the last handle of a scope closes
+/// it (its charges move to the parent; its objects stay valid).
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::Scope;
+/// let server = Scope::root().child("server");
+/// let req = server.child("request-42");
+/// {
+///     let _g = req.enter();
+///     let v = vec![0u8; 4096];
+///     assert_eq!(Scope::current(), req);
+///     drop(v);
+/// }
+/// assert_eq!(req.stats().objects, 0);
+/// assert!(req.stats().allocs >= 1);
+/// ```
+pub struct Scope {
+    node: NonNull<ScopeNode>,
+}
+
+// SAFETY: a handle is a counted reference to a node whose shared state is atomic or locked.
+unsafe impl Send for Scope {}
+// SAFETY: as above.
+unsafe impl Sync for Scope {}
+
+impl Clone for Scope {
+    fn clone(&self) -> Self {
+        scope::handle_get(self.node.as_ptr());
+        Scope { node: self.node }
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        scope::handle_put(self.node.as_ptr());
+    }
+}
+
+impl PartialEq for Scope {
+    fn eq(&self, other: &Self) -> bool {
+        self.node == other.node
+    }
+}
+
+impl Eq for Scope {}
+
+impl core::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Scope")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Restores the previous scope when dropped. Not `Send`: it belongs to the thread that entered.
+pub struct ScopeGuard<'a> {
+    prev: *mut Table,
+    _scope: PhantomData<&'a Scope>,
+}
+
+impl Drop for ScopeGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: prev came from thread_heap::enter on this thread (the guard is !Send) and is
+        // restored once.
+        unsafe { thread_heap::leave(self.prev) };
+    }
+}
+
+impl Scope {
+    fn from_node(n: *mut ScopeNode) -> Scope {
+        scope::handle_get(n);
+        Scope {
+            // SAFETY: nodes are never null.
+            node: unsafe { NonNull::new_unchecked(n) },
+        }
+    }
+
+    fn n(&self) -> *mut ScopeNode {
+        self.node.as_ptr()
+    }
+
+    /// The root scope, which always exists and never closes.
+    pub fn root() -> Scope {
+        Scope::from_node(scope::root())
+    }
+
+    /// The calling thread's current scope.
+    pub fn current() -> Scope {
+        Scope::from_node(thread_heap::current_scope())
+    }
+
+    /// A new child of the calling thread's current scope.
+    pub fn new(name: &str) -> Scope {
+        Scope::current().child(name)
+    }
+
+    /// A new child of this scope (of its nearest open ancestor if this one is closed). Names
+    /// longer than 63 bytes are truncated.
+    pub fn child(&self, name: &str) -> Scope {
+        let n = scope::create_child(self.n(), name);
+        Scope {
+            // SAFETY: create_child returns a node with one handle for us.
+            node: unsafe { NonNull::new_unchecked(n) },
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        // SAFETY: the handle keeps the node alive; the name never changes.
+        unsafe { (*self.n()).name() }
+    }
+
+    /// A unique id (never reused in the process).
+    pub fn id(&self) -> u64 {
+        // SAFETY: the handle keeps the node alive.
+        unsafe { (*self.n()).id.load(Ordering::Relaxed) }
+    }
+
+    /// The parent; `None` for the root.
+    pub fn parent(&self) -> Option<Scope> {
+        // SAFETY: the handle keeps the node, and so its parent, alive.
+        let p = unsafe { (*self.n()).parent };
+        (!p.is_null()).then(|| Scope::from_node(p))
+    }
+
+    /// The open children.
+    pub fn children(&self) -> Vec<Scope> {
+        // Never allocate under the tree lock: count first, then fill a vector with room to spare.
+        let mut cap = 8;
+        loop {
+            let mut v: Vec<Scope> = Vec::with_capacity(cap);
+            let total = scope::for_children(self.n(), cap, |n| {
+                v.push(Scope {
+                    // SAFETY: for_children took a handle for us on a live, non-null node.
+                    node: unsafe { NonNull::new_unchecked(n) },
+                })
+            });
+            if total <= cap {
+                return v;
+            }
+            drop(v);
+            cap = total + 8;
+        }
+    }
+
+    /// Makes this the calling thread's current scope until the guard is dropped. Entering a
+    /// closed scope enters its nearest open ancestor.
+    pub fn enter(&self) -> ScopeGuard<'_> {
+        ScopeGuard {
+            prev: thread_heap::enter(self.n()),
+            _scope: PhantomData,
+        }
+    }
+
+    /// Runs `f` inside this scope (also restores the previous scope if `f` panics).
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _g = self.enter();
+        f()
+    }
+
+    /// Sets (`Some(bytes)`) or removes (`None`) the hard limit. Takes effect for the next charge.
+    pub fn set_limit(&self, limit: Option<usize>) {
+        // SAFETY: the handle keeps the node alive.
+        unsafe { (*self.n()).counter.set_limit(limit) };
+    }
+
+    /// The hard limit.
+    pub fn limit(&self) -> Option<usize> {
+        // SAFETY: the handle keeps the node alive.
+        unsafe { (*self.n()).counter.limit() }
+    }
+
+    /// The scope's figures, summed now (exact once threads are quiet).
+    pub fn stats(&self) -> ScopeStats {
+        stats::stats(self.n())
+    }
+
+    /// Restarts the high-water mark at the current charge.
+    pub fn reset_peak(&self) {
+        // SAFETY: the handle keeps the node alive.
+        unsafe { (*self.n()).counter.reset_peak() };
+    }
+
+    /// Closes the scope and its descendants: from any thread, at any time, idempotent. Charges
+    /// move to the nearest open ancestor; objects stay valid; threads inside continue in the
+    /// ancestor. The root never closes.
+    pub fn close(&self) {
+        scope::close(self.n());
+    }
+
+    /// Whether the scope is closed.
+    pub fn is_closed(&self) -> bool {
+        // SAFETY: the handle keeps the node alive.
+        unsafe { (*self.n()).is_closed() }
+    }
+
+    /// Gives up the handle as an opaque pointer (for C); take it back with [`Scope::from_raw`].
+    pub fn into_raw(self) -> *const c_void {
+        let p = self.node.as_ptr() as *const c_void;
+        core::mem::forget(self);
+        p
+    }
+
+    /// Takes back a handle given up with [`Scope::into_raw`].
+    ///
+    /// # Safety
+    /// `p` came from `into_raw` and is taken back once.
+    pub unsafe fn from_raw(p: *const c_void) -> Scope {
+        Scope {
+            // SAFETY: guaranteed by the caller.
+            node: unsafe { NonNull::new_unchecked(p as *mut ScopeNode) },
+        }
+    }
+
+    /// A new handle on the scope of a raw handle, which stays valid.
+    ///
+    /// # Safety
+    /// `p` came from `into_raw` and has not been taken back.
+    pub unsafe fn clone_from_raw(p: *const c_void) -> Scope {
+        Scope::from_node(p as *mut ScopeNode)
+    }
+
+    /// Enters the scope without a guard (for C): returns a token to give to
+    /// [`Scope::leave_raw`] on the same thread.
+    pub fn enter_raw(&self) -> *mut c_void {
+        thread_heap::enter(self.n()) as *mut c_void
+    }
+
+    /// Leaves what [`Scope::enter_raw`] entered, restoring the previous scope.
+    ///
+    /// # Safety
+    /// `token` came from `enter_raw` on this thread and is used once, innermost first.
+    pub unsafe fn leave_raw(token: *mut c_void) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { thread_heap::leave(token as *mut Table) }
+    }
+}

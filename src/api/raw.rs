@@ -1,0 +1,109 @@
+//! C-shaped entry points (16-byte minimum alignment, as glibc). Used by `libscopealloc.so`.
+
+use super::global_alloc::{alloc_aligned, realloc_aligned, usable_of, zero_new};
+use crate::frontend::{alloc, free, large};
+use crate::objects::size_class::{class_of, MAX_SMALL};
+use crate::objects::slab::{self};
+use core::ptr::null_mut;
+
+/// Bytes to allocate for a C request: at least 16 and a multiple of 16.
+#[inline(always)]
+fn c_size(size: usize) -> usize {
+    (size.max(1) + 15) & !15
+}
+
+/// `malloc`: 16-byte aligned; a unique pointer for size 0; null when out of memory.
+///
+/// # Safety
+/// Always safe to call; unsafe for symmetry with `free`.
+#[inline]
+pub unsafe fn malloc(size: usize) -> *mut u8 {
+    if size <= MAX_SMALL {
+        alloc::alloc_small(class_of(c_size(size)))
+    } else {
+        large::alloc_large(size, 16)
+    }
+}
+
+/// `calloc`: zeroed; null on overflow.
+///
+/// # Safety
+/// Always safe to call.
+pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
+    let Some(total) = n.checked_mul(size) else {
+        return null_mut();
+    };
+    // SAFETY: malloc is always safe.
+    let p = unsafe { malloc(total) };
+    if !p.is_null() {
+        // SAFETY: p is a new object of at least total bytes.
+        unsafe { zero_new(p, total) };
+    }
+    p
+}
+
+/// `free` (null is a no-op).
+///
+/// # Safety
+/// `ptr` is null or a live object of ours (check foreign pointers with [`owns`]).
+#[inline]
+pub unsafe fn free(ptr: *mut u8) {
+    if !ptr.is_null() {
+        // SAFETY: guaranteed by the caller.
+        unsafe { free::free(ptr) }
+    }
+}
+
+/// `realloc` (null → malloc). Size 0 is not special here.
+///
+/// # Safety
+/// `ptr` is null or a live object of ours.
+pub unsafe fn realloc(ptr: *mut u8, size: usize) -> *mut u8 {
+    if ptr.is_null() {
+        // SAFETY: always safe.
+        return unsafe { malloc(size) };
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let old = usable_of(ptr);
+        realloc_aligned(ptr, old, 16, c_size(size))
+    }
+}
+
+/// An object of `size` bytes aligned to `align` (a power of two).
+///
+/// # Safety
+/// Always safe to call with a power-of-two `align`.
+pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
+    alloc_aligned(c_size(size), align.max(16))
+}
+
+/// `malloc_usable_size`.
+///
+/// # Safety
+/// `ptr` is a live object of ours.
+pub unsafe fn usable_size(ptr: *const u8) -> usize {
+    // SAFETY: guaranteed by the caller.
+    unsafe { usable_of(ptr) }
+}
+
+/// Whether `ptr` points into memory of ours that holds objects, without touching foreign
+/// memory: into a live slab (a live or freed small object, or inside one: see
+/// [`is_block_start`]), or at a live large or huge object (a freed large or huge object's pages are no longer ours to
+/// describe, so it reads as foreign; and once a freed span is reused by a new object at the
+/// same address, a late double free of the old one cannot be told from a free of the new).
+pub fn owns(ptr: *const u8) -> bool {
+    slab::owns(ptr)
+}
+
+/// [`owns`], and `ptr` is exactly the start of an object, not inside one (costs a division;
+/// for `SCOPEALLOC_CHECK=1`).
+pub fn is_block_start(ptr: *const u8) -> bool {
+    slab::is_block_start(ptr)
+}
+
+/// Best-effort double-free check (`SCOPEALLOC_CHECK=1`): true if `ptr` (ours) is already free
+/// in a slab of this thread, or describes no live large object.
+pub fn is_double_free(ptr: *const u8) -> bool {
+    free::is_double_free(ptr)
+}

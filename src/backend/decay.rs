@@ -1,0 +1,123 @@
+//! The decay: free pages go back to the OS after they have been free for a while.
+//!
+//! Free pages age in two generations: pages freed since the last tick are `dirty_new`; a tick
+//! every `decay / 2` ms purges the older ones (`dirty_old`, free for between `decay / 2` and
+//! `decay` ms) with `madvise(MADV_DONTNEED)` and ages the new ones. A segment that is entirely
+//! free and would be clean after the tick is unmapped.
+//!
+//! A tick works in three steps so that no system call runs under the back-end lock: under the
+//! lock it chooses the pages and reserves them (`purging`: no longer free, so no span can take
+//! them) and takes whole free segments off the lists and out of the registry; without the lock
+//! it calls `madvise` and `munmap`; under the lock again it gives the purged pages back as clean
+//! free pages.
+
+use super::huge;
+use super::registry;
+use super::segment::{page_start, Segment, PAGE_SIZE, SEGMENT_SIZE};
+use super::span::{list_remove, run_mask, BACKEND, HEADER_BIT};
+use crate::platform::os;
+use crate::sync::{AtomicU64, Ordering};
+
+/// Milliseconds a free page stays committed before the decay returns it; settable at run time.
+pub static DECAY_MS: AtomicU64 = AtomicU64::new(1000);
+
+/// Segments a tick handles without the lock at most; the rest wait for the next tick.
+const TICK_BATCH: usize = 32;
+
+/// Runs the decay if it is due (`force`: return every free page now, due or not).
+pub fn tick(force: bool) {
+    // A forced tick repeats until a round left nothing behind; an ordinary one leaves what did
+    // not fit in its batch to the next tick.
+    while tick_round(force) && force {}
+    huge::cache_decay(force);
+}
+
+/// One round of [`tick`]; true when it filled a batch (work may remain).
+fn tick_round(force: bool) -> bool {
+    let decay = DECAY_MS.load(Ordering::Relaxed);
+    let now = os::now_ms();
+    let mut purge = [(core::ptr::null_mut::<Segment>(), 0u64); TICK_BATCH];
+    let mut unmap = [core::ptr::null_mut::<Segment>(); TICK_BATCH];
+    let (mut np, mut nu) = (0, 0);
+    {
+        let mut guard = BACKEND.lock();
+        let st = &mut *guard;
+        if force || decay == 0 || now >= st.next_tick {
+            st.next_tick = now + decay / 2;
+            let mut seg = st.avail;
+            // SAFETY: segments on the avail list are mapped headers; we hold the lock.
+            unsafe {
+                while !seg.is_null() {
+                    let next = (*seg).next;
+                    let dirty = (*seg).dirty_old | (*seg).dirty_new;
+                    let old = if force || decay == 0 {
+                        dirty
+                    } else {
+                        (*seg).dirty_old
+                    } & (*seg).free_mask;
+                    let whole =
+                        (*seg).free_mask == !HEADER_BIT && (*seg).purging == 0 && dirty & !old == 0;
+                    if whole && nu < TICK_BATCH {
+                        // Entirely free, and clean once `old` is purged: unmap it instead.
+                        list_remove(&mut st.avail, seg);
+                        registry::set(seg, false);
+                        st.dirty_pages -= dirty.count_ones() as usize;
+                        let clean = (!HEADER_BIT & !dirty).count_ones() as usize * PAGE_SIZE;
+                        os::PURGED.fetch_sub(clean, Ordering::Relaxed);
+                        unmap[nu] = seg;
+                        nu += 1;
+                    } else if old != 0 && np < TICK_BATCH {
+                        (*seg).free_mask &= !old;
+                        (*seg).purging |= old;
+                        (*seg).dirty_old = ((*seg).dirty_old | (*seg).dirty_new) & !old;
+                        (*seg).dirty_new = 0;
+                        st.dirty_pages -= old.count_ones() as usize;
+                        purge[np] = (seg, old);
+                        np += 1;
+                    } else {
+                        (*seg).dirty_old |= (*seg).dirty_new;
+                        (*seg).dirty_new = 0;
+                    }
+                    seg = next;
+                }
+            }
+        }
+    }
+    for &(seg, mask) in &purge[..np] {
+        // SAFETY: the pages are reserved (`purging`): free, ours, and nobody can take them.
+        unsafe { purge_pages(seg, mask) };
+    }
+    for &seg in &unmap[..nu] {
+        // SAFETY: the segment is off every list and out of the registry, and entirely free:
+        // nothing refers to it any more.
+        unsafe { os::unmap(seg as *mut u8, SEGMENT_SIZE) };
+    }
+    if np > 0 {
+        let _st = BACKEND.lock();
+        for &(seg, mask) in &purge[..np] {
+            // SAFETY: seg is still on the avail list (a segment with pages being purged is never
+            // moved to the full list nor unmapped); we hold the lock.
+            unsafe {
+                (*seg).purging &= !mask;
+                (*seg).free_mask |= mask;
+            }
+        }
+    }
+    np == TICK_BATCH || nu == TICK_BATCH
+}
+
+/// madvises every run of set bits of `mask`.
+///
+/// # Safety
+/// The pages of `mask` are free pages of our segment `seg` that nobody can take meanwhile.
+unsafe fn purge_pages(seg: *mut Segment, mask: u64) {
+    let mut m = mask;
+    while m != 0 {
+        let start = m.trailing_zeros() as usize;
+        let len = (m >> start).trailing_ones() as usize;
+        // SAFETY: the pages are free pages of our segment (the caller's contract).
+        unsafe { os::purge(page_start(seg, start), len * PAGE_SIZE) };
+        os::PURGED.fetch_add(len * PAGE_SIZE, Ordering::Relaxed);
+        m &= !run_mask(len, start);
+    }
+}

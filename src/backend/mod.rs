@@ -1,0 +1,107 @@
+//! The back end: memory from the OS in segments (spans of 64 KiB pages, found from any pointer by
+//! masking), huge mappings, the decay that gives free pages back, the registry of our regions and
+//! the pools of the allocator's own metadata.
+//!
+//! It knows nothing of slabs, caches, tables or scopes: a span's descriptor is an opaque slot
+//! ([`segment::Desc`]) that the object layer lays its slab metadata over. Imports only
+//! `platform` and `sync`.
+
+pub mod decay;
+pub mod huge;
+pub mod pool;
+pub mod registry;
+pub mod segment;
+pub mod span;
+
+/// Figures of the back end: (bytes handed out in spans and huge objects, free bytes kept
+/// committed: dirty free pages and the huge cache).
+pub fn figures() -> (usize, usize) {
+    let (span_used, dirty) = span::figures();
+    let (huge_used, huge_cached) = huge::figures();
+    (span_used + huge_used, dirty + huge_cached)
+}
+
+/// Takes the back-end locks (fork prepare), in the lock order.
+pub fn lock_for_fork() {
+    span::BACKEND.lock_for_fork();
+    huge::lock_for_fork();
+}
+
+/// Releases what [`lock_for_fork`] took (fork parent and child).
+pub fn unlock_after_fork() {
+    huge::unlock_after_fork();
+    span::BACKEND.force_unlock();
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::segment::{desc_at, desc_of, page_start, segment_of, PAGE_SIZE, SEGMENT_SIZE};
+    use super::*;
+
+    #[test]
+    fn a_span_is_found_from_any_interior_pointer_by_masking() {
+        let s = span::alloc_span(3, 1).expect("a span");
+        let base = page_start(s.seg, s.idx);
+        // SAFETY: the span is ours until freed below; its header is mapped.
+        unsafe {
+            let first = desc_at(s.seg, s.idx);
+            for off in [1usize, PAGE_SIZE, 3 * PAGE_SIZE - 1] {
+                let p = base.add(off);
+                assert_eq!(segment_of(p), s.seg);
+                assert_eq!(desc_of(p), first);
+            }
+            span::free_span(s.seg, s.idx, 3);
+        }
+    }
+
+    #[test]
+    fn aligned_spans_start_on_their_alignment() {
+        let s = span::alloc_span(2, 8).expect("a span");
+        assert_eq!(page_start(s.seg, s.idx) as usize % (8 * PAGE_SIZE), 0);
+        // SAFETY: the span is ours.
+        unsafe { span::free_span(s.seg, s.idx, 2) };
+    }
+
+    #[test]
+    fn huge_objects_are_found_by_masking_at_every_alignment() {
+        for align in [16usize, 4096, 1 << 20, SEGMENT_SIZE, 4 * SEGMENT_SIZE] {
+            let h = huge::alloc_huge(5 << 20, align).expect("a huge mapping");
+            assert_eq!(h.start as usize % align, 0, "align {align}");
+            assert_eq!(segment_of(h.start), h.seg);
+            assert!(registry::contains(h.seg));
+            assert!(h.usable >= 5 << 20);
+            // SAFETY: the mapping's header is mapped; nothing uses the object.
+            unsafe {
+                assert_eq!(desc_of(h.start), desc_at(h.seg, 0));
+                huge::free_huge(h.seg);
+            }
+        }
+    }
+
+    #[test]
+    fn a_freed_huge_mapping_is_reused_dirty_then_returned_by_the_decay() {
+        let h = huge::alloc_huge(6 << 20, 16).expect("a huge mapping");
+        let (p, usable) = (h.start, h.usable);
+        // SAFETY: nothing uses the object.
+        unsafe { huge::free_huge(h.seg) };
+        let again = huge::alloc_huge(6 << 20, 16).expect("a huge mapping");
+        assert_eq!(
+            again.start, p,
+            "the cached mapping serves the same size again"
+        );
+        assert!(!again.fresh, "reused memory is not known to be zero");
+        assert_eq!(again.usable, usable);
+        // SAFETY: as above.
+        unsafe { huge::free_huge(again.seg) };
+        huge::cache_decay(true);
+        assert!(!registry::contains(segment_of(p)));
+    }
+
+    #[test]
+    fn foreign_pointers_are_not_ours() {
+        let x = 5u64;
+        assert!(!registry::contains(segment_of(
+            &x as *const u64 as *const u8
+        )));
+    }
+}

@@ -1,0 +1,33 @@
+//! The registry: one bit per 4 MiB region of the address space, set while a segment or huge
+//! mapping of ours starts there, so that the C library can reject foreign pointers without
+//! touching them.
+
+use super::segment::{Segment, SEGMENT_SHIFT};
+use crate::sync::{AtomicU64, Ordering};
+
+const ADDRESS_BITS: usize = 48;
+const REGISTRY_WORDS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT - 6);
+/// One bit per 4 MiB region of the address space: set while a segment of ours starts there.
+static REGISTRY: [AtomicU64; REGISTRY_WORDS] = [const { AtomicU64::new(0) }; REGISTRY_WORDS];
+
+/// Marks `seg` as ours (or no longer ours).
+pub fn set(seg: *mut Segment, on: bool) {
+    let idx = seg as usize >> SEGMENT_SHIFT;
+    if idx / 64 >= REGISTRY_WORDS {
+        return;
+    }
+    let bit = 1u64 << (idx % 64);
+    if on {
+        REGISTRY[idx / 64].fetch_or(bit, Ordering::Release);
+    } else {
+        REGISTRY[idx / 64].fetch_and(!bit, Ordering::Release);
+    }
+}
+
+/// Whether a segment of ours starts at `seg` (a 4 MiB-aligned address).
+pub fn contains(seg: *const Segment) -> bool {
+    let idx = seg as usize >> SEGMENT_SHIFT;
+    idx / 64 < REGISTRY_WORDS
+        // Acquire pairs with the Release of `set`: a segment seen here has its header written.
+        && REGISTRY[idx / 64].load(Ordering::Acquire) & (1u64 << (idx % 64)) != 0
+}

@@ -1,0 +1,52 @@
+//! The malloc fast path.
+
+use super::refill::alloc_slow;
+use super::table::Table;
+use super::thread_heap::tls_table;
+use crate::objects::size_class::SIZES;
+use crate::objects::slab::{Block, Slab};
+use crate::sync::Ordering;
+
+// ---------------------------------------------------------------------------------------------
+// Allocation.
+
+/// Allocates an object of size class `class`. Null when out of memory or over a limit.
+#[inline(always)]
+pub fn alloc_small(class: usize) -> *mut u8 {
+    let t = tls_table();
+    // SAFETY: the TLS table is the empty table or a live table of this thread; its current slabs
+    // are the empty slab or slabs this thread owns.
+    unsafe {
+        let s = *(*t).current.get_unchecked(class);
+        let b = (*s).free;
+        let size = *SIZES.get_unchecked(class) as i64;
+        if b.is_null() || (*t).stock < size {
+            return alloc_slow(class);
+        }
+        pop(t, s, b, size)
+    }
+}
+
+/// Hands out `b`, the head of `s`'s free list, charging `size` to `t`'s stock.
+///
+/// # Safety
+/// `t` and `s` are this thread's; `b` is `s.free`, non-null; the stock covers `size`.
+#[inline(always)]
+pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) -> *mut u8 {
+    debug_assert!(!b.is_null());
+    // SAFETY: t and s are this thread's (the contract), so only this thread writes the free list,
+    // `used`, `allocs` and the stock; b is the head of s's free list, a free block of s.
+    unsafe {
+        debug_assert!((*t).stock >= size);
+        (*s).free = (*b).next;
+        // Owner-only counters, read by statistics: `allocs` first, so that a reader (which loads
+        // `allocs` before `used`) never sees more objects than allocations. Relaxed: the reader
+        // clamps to that invariant on weakly ordered machines (see `objects::stats`).
+        (*s).allocs
+            .store((*s).allocs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        (*s).used
+            .store((*s).used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        (*t).stock -= size;
+        b as *mut u8
+    }
+}

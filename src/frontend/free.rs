@@ -1,0 +1,145 @@
+//! The free paths: local (fast), remote, into an abandoned slab; releasing an empty slab.
+
+use super::abandon::sweep_abandoned_locked;
+use super::large::free_large;
+use super::refill::drain_stock;
+use super::table::list_remove;
+use super::table::owner_table;
+use super::table::Table;
+use super::thread_heap::tls_heap;
+use crate::accounting::stock::{STOCK_BATCH, STOCK_HIGH};
+use crate::objects::cache::{self};
+use crate::objects::slab::{
+    free_slab_span, slab_of, Block, Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL, OWNER_ABANDONED,
+};
+use crate::platform::os;
+use crate::sync::remote::remote_push;
+use crate::sync::Ordering;
+
+// ---------------------------------------------------------------------------------------------
+// Free.
+
+/// Frees an object of ours.
+///
+/// # Safety
+/// `p` is a live object of this allocator.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    // SAFETY: guaranteed by the caller: p is ours, so its segment header and slab exist.
+    unsafe {
+        let s = slab_of(p);
+        if (*s).owner.load(Ordering::Relaxed) == tls_heap() as usize {
+            let b = p as *mut Block;
+            (*b).next = (*s).free;
+            (*s).free = b;
+            let used = (*s).used.load(Ordering::Relaxed) - 1;
+            (*s).used.store(used, Ordering::Relaxed);
+            let t = owner_table(s);
+            (*t).stock += (*s).block_size as i64;
+            if used == (*s).release_at || (*t).stock > STOCK_HIGH {
+                free_local_tail(t, s);
+            }
+            return;
+        }
+        free_slow(s, p);
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
+    // SAFETY: t and s are this thread's.
+    unsafe {
+        if (*t).stock > STOCK_HIGH {
+            drain_stock(t, STOCK_BATCH);
+        }
+        if (*s).used.load(Ordering::Relaxed) == 0 && (*t).current[(*s).class as usize] != s {
+            release_slab(t, s);
+        }
+    }
+}
+
+/// Releases an empty slab of this thread: off its table and cache, pages to the back end.
+pub(super) unsafe fn release_slab(t: *mut Table, s: *mut Slab) {
+    // SAFETY: s is owned by this thread, empty, and not current.
+    unsafe {
+        list_remove(t, (*s).class as usize, s);
+        let c = (*s).cache;
+        (*c).refs.lock();
+        (*c).unlink_slab(s);
+        let last = (*c).refs.put_locked();
+        (*c).refs.unlock();
+        free_slab_span(s);
+        if last {
+            cache::release_cache(c);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
+    // SAFETY: p is a live object of ours (caller's guarantee).
+    unsafe {
+        match (*s).kind {
+            KIND_SMALL => {
+                if (*s).owner.load(Ordering::Acquire) == OWNER_ABANDONED {
+                    free_abandoned(s, p);
+                } else {
+                    remote_push(&(*s).thread_free, p as *mut Block);
+                }
+            }
+            KIND_LARGE | KIND_HUGE => free_large(s),
+            _ => os::fatal(b"free(): pointer is not a live allocation (double free?)"),
+        }
+    }
+}
+
+/// Frees into a slab whose thread exited: under the cache lock, uncharging the cache's scope.
+pub(super) unsafe fn free_abandoned(s: *mut Slab, p: *mut u8) {
+    // SAFETY: p is live, so s is attached and its cache alive.
+    unsafe {
+        let c = (*s).cache;
+        (*c).refs.lock();
+        if (*s).owner.load(Ordering::Acquire) != OWNER_ABANDONED {
+            // Adopted meanwhile: an ordinary remote free.
+            (*c).refs.unlock();
+            remote_push(&(*s).thread_free, p as *mut Block);
+            return;
+        }
+        let b = p as *mut Block;
+        (*b).next = (*s).free;
+        (*s).free = b;
+        (*s).used
+            .store((*s).used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        (*(*c).scope).counter.uncharge((*s).block_size as u64);
+        sweep_abandoned_locked(c, s, None);
+    }
+}
+
+/// Whether `p` (ours) is on the free list of a slab this thread owns: a double free (check mode).
+pub fn is_double_free(p: *const u8) -> bool {
+    // SAFETY: the caller checked that p is ours.
+    unsafe {
+        let s = slab_of(p);
+        match (*s).kind {
+            KIND_SMALL => {
+                if (*s).owner.load(Ordering::Relaxed) != tls_heap() as usize {
+                    return false;
+                }
+                let mut b = (*s).free;
+                let mut n = 0;
+                while !b.is_null() && n <= (*s).capacity {
+                    if b as *const u8 == p {
+                        return true;
+                    }
+                    b = (*b).next;
+                    n += 1;
+                }
+                false
+            }
+            KIND_LARGE | KIND_HUGE => false,
+            _ => true,
+        }
+    }
+}

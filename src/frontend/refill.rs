@@ -1,0 +1,308 @@
+//! The malloc slow path: a closed scope followed to its ancestor, the stock refilled, a slab
+//! with a free object found, adopted or taken fresh.
+
+use super::abandon::abandon_table;
+use super::alloc::pop;
+use super::maintenance::maintenance;
+use super::table::{as_owner, owner_table};
+use super::table::{empty_slab, empty_table, Table};
+use super::table::{list_move_to_tail, list_push, table_for};
+use super::thread_heap::heap_or_init;
+use super::thread_heap::{set_tls_table, tls_table, Heap};
+use crate::accounting::stock;
+use crate::backend::segment::PAGE_SIZE;
+use crate::backend::span;
+use crate::objects::cache::{self, CacheLookup};
+use crate::objects::size_class::{NCLASSES, SIZES};
+use crate::objects::slab::{slab_at, Slab, KIND_SMALL};
+use crate::sync::remote::remote_is_empty;
+use crate::sync::Ordering;
+use core::ptr::null_mut;
+
+/// Slabs looked at, per slow path, before taking a new slab.
+const SCAN_LIMIT: usize = 16;
+/// Slow paths between two maintenance passes of a heap.
+const MAINTENANCE_EVERY: u32 = 256;
+
+#[cold]
+#[inline(never)]
+pub(super) fn alloc_slow(class: usize) -> *mut u8 {
+    let heap = heap_or_init();
+    if heap.is_null() {
+        return null_mut();
+    }
+    // SAFETY: heap is this thread's; tables come from current_table.
+    unsafe {
+        (*heap).slow_count += 1;
+        if (*heap).slow_count.is_multiple_of(MAINTENANCE_EVERY) {
+            maintenance(heap, false);
+        }
+        let size = SIZES[class] as i64;
+        loop {
+            let t = current_table(heap);
+            if (*t).stock < size && !refill(heap, t, size) {
+                return null_mut();
+            }
+            match find_slab(heap, t, class) {
+                SlabSearch::Slab(s) => return pop(t, s, (*s).free, size),
+                SlabSearch::Closed => continue,
+                SlabSearch::Oom => return null_mut(),
+            }
+        }
+    }
+}
+
+/// The thread's table to allocate in, after following closed scopes to their open ancestor.
+pub(super) unsafe fn current_table(heap: *mut Heap) -> *mut Table {
+    // SAFETY: heap and its tables are this thread's.
+    unsafe {
+        let mut t = tls_table();
+        if t == empty_table() {
+            t = (*heap).root;
+            set_tls_table(t);
+        }
+        if (*t).dead || (*(*t).scope).is_closed() {
+            if !(*t).dead {
+                abandon_table(t);
+            }
+            let nt = table_for(heap, (*t).scope);
+            set_tls_table(nt);
+            t = nt;
+        }
+        t
+    }
+}
+
+enum SlabSearch {
+    Slab(*mut Slab),
+    Closed,
+    Oom,
+}
+
+/// A slab of `t` for `class` with a free object, made current.
+unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
+    // SAFETY: t and its slabs belong to this thread.
+    unsafe {
+        let cur = (*t).current[class];
+        if cur != empty_slab() {
+            if ready(cur) {
+                return SlabSearch::Slab(cur);
+            }
+            // Exhausted: move it to the tail so that the scan starts with older slabs, which
+            // are the likeliest to have been freed into.
+            list_move_to_tail(t, class, cur);
+        }
+        // Look at the oldest slabs first; a full one goes to the tail, so that successive slow
+        // paths look at different slabs.
+        let mut n = 0;
+        while n < SCAN_LIMIT {
+            let x = (*t).lists[class];
+            if x.is_null() || x == cur {
+                break;
+            }
+            if ready(x) {
+                set_current(t, class, x);
+                return SlabSearch::Slab(x);
+            }
+            list_move_to_tail(t, class, x);
+            n += 1;
+        }
+        match new_slab(heap, t, class) {
+            SlabSearch::Slab(s) => {
+                set_current(t, class, s);
+                if ready(s) {
+                    SlabSearch::Slab(s)
+                } else {
+                    SlabSearch::Oom
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Makes `s` the slab the fast path of `t` pops for `class`; the previous one becomes eligible
+/// for release when empty.
+pub(super) unsafe fn set_current(t: *mut Table, class: usize, s: *mut Slab) {
+    // SAFETY: t and its slabs are this thread's; the empty slab is never written.
+    unsafe {
+        let old = (*t).current[class];
+        if old != empty_slab() {
+            (*old).release_at = 0;
+        }
+        if s != empty_slab() {
+            (*s).release_at = u32::MAX;
+        }
+        (*t).current[class] = s;
+    }
+}
+
+/// Makes sure `s` has a free object if it can: takes remote frees, carves more objects.
+pub(super) unsafe fn ready(s: *mut Slab) -> bool {
+    // SAFETY: s is owned by this thread.
+    unsafe {
+        if !(*s).free.is_null() {
+            return true;
+        }
+        if !remote_is_empty(&(*s).thread_free) {
+            take_remote_frees(s);
+            if !(*s).free.is_null() {
+                return true;
+            }
+        }
+        if (*s).carved < (*s).capacity {
+            (*s).extend();
+            return true;
+        }
+        false
+    }
+}
+
+/// Takes the remote frees of a slab this thread owns: onto its free list, their bytes back into
+/// the stock of the slab's table.
+pub(super) unsafe fn take_remote_frees(s: *mut Slab) {
+    // SAFETY: s is owned by this thread.
+    unsafe {
+        let n = (*s).take_remote();
+        (*owner_table(s)).stock += n as i64 * (*s).block_size as i64;
+    }
+}
+
+/// Pages per slab of a class: at least 8 objects per slab.
+pub(super) fn slab_pages(class: usize) -> usize {
+    (8 * SIZES[class] as usize).div_ceil(PAGE_SIZE).max(1)
+}
+
+/// A slab for (`t.scope`, `class`): adopted from the cache's abandoned slabs, or fresh.
+unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
+    // SAFETY: t is this thread's; cache pointers are used under their lock.
+    unsafe {
+        loop {
+            let c = match cache::lock_cache((*t).scope, class) {
+                CacheLookup::Locked(c) => c,
+                CacheLookup::Closed => return SlabSearch::Closed,
+                CacheLookup::Oom => return SlabSearch::Oom,
+            };
+            let s = (*c).pop_abandoned();
+            if s.is_null() {
+                (*c).refs.unlock();
+                break;
+            }
+            // Adopt: the slab is ours from now on; a full one stays on our list and is
+            // found again once frees come back to it.
+            (*s).owner.store(heap as usize, Ordering::Release);
+            (*s).table = as_owner(t);
+            (*s).release_at = 0;
+            (*c).refs.unlock();
+            list_push(t, class, s);
+            if ready(s) {
+                return SlabSearch::Slab(s);
+            }
+        }
+        let npages = slab_pages(class);
+        let Some(span) = span::alloc_span(npages, 1) else {
+            return SlabSearch::Oom;
+        };
+        let s = slab_at(span.seg, span.idx);
+        let size = SIZES[class];
+        (*s).free = null_mut();
+        (*s).used.store(0, Ordering::Relaxed);
+        (*s).release_at = 0;
+        (*s).block_size = size;
+        (*s).table = as_owner(t);
+        (*s).allocs.store(0, Ordering::Relaxed);
+        (*s).thread_free.store(0, Ordering::Relaxed);
+        (*s).carved = 0;
+        (*s).capacity = (npages * PAGE_SIZE / size as usize) as u32;
+        (*s).class = class as u16;
+        (*s).kind = KIND_SMALL;
+        (*s).start = (span.seg as *mut u8).add(span.idx * PAGE_SIZE);
+        (*s).npages = npages as u32;
+        (*s).page_idx = span.idx as u32;
+        (*s).anext = null_mut();
+        (*s).aprev = null_mut();
+        (*s).owner.store(heap as usize, Ordering::Release);
+        // Look the cache up again: it may have been killed (and released) meanwhile.
+        let c = match cache::lock_cache((*t).scope, class) {
+            CacheLookup::Locked(c) => c,
+            other => {
+                span::free_span(span.seg, span.idx, npages);
+                return match other {
+                    CacheLookup::Oom => SlabSearch::Oom,
+                    _ => SlabSearch::Closed,
+                };
+            }
+        };
+        if !(*c).refs.tryget_locked() {
+            // lock_cache returns live caches only; stay correct regardless.
+            (*c).refs.unlock();
+            span::free_span(span.seg, span.idx, npages);
+            return SlabSearch::Closed;
+        }
+        (*s).cache = c;
+        (*c).link_slab(s);
+        (*c).refs.unlock();
+        list_push(t, class, s);
+        SlabSearch::Slab(s)
+    }
+}
+
+/// Charges a new batch to the table's scope. On a refusal, first gives back this thread's other
+/// stocks and takes its remote frees, then tries the exact amount; false = over a limit.
+pub(super) unsafe fn refill(heap: *mut Heap, t: *mut Table, need: i64) -> bool {
+    // SAFETY: t is this thread's table, which holds a reference on its scope.
+    unsafe {
+        let counter = &(*(*t).scope).counter;
+        if stock::refill(&mut (*t).stock, counter, need).is_ok() {
+            return true;
+        }
+        // Reclaim: this thread's stocks everywhere, and its remote frees.
+        drain_stocks_except(heap, t);
+        take_all_remote_frees(t);
+        match stock::refill_exact(&mut (*t).stock, counter, need) {
+            Ok(()) => true,
+            Err(hit) => {
+                hit.count_limit_hit();
+                false
+            }
+        }
+    }
+}
+
+/// Drains the stock of `t` above `keep` back to its scope's counter.
+///
+/// # Safety
+/// `t` is a live table of this thread.
+pub(super) unsafe fn drain_stock(t: *mut Table, keep: i64) {
+    // SAFETY: t is this thread's, and holds a reference on its scope.
+    unsafe { stock::drain(&mut (*t).stock, &(*(*t).scope).counter, keep) }
+}
+
+/// Returns the whole stock of every table of `heap` but `except` to the scope counters, before a
+/// refusal is final.
+pub(super) unsafe fn drain_stocks_except(heap: *mut Heap, except: *mut Table) {
+    // SAFETY: heap and its tables are this thread's.
+    unsafe {
+        let mut x = (*heap).tables;
+        while !x.is_null() {
+            if x != except {
+                drain_stock(x, 0);
+            }
+            x = (*x).next;
+        }
+    }
+}
+
+/// Takes the remote frees of every slab of `t`.
+pub(super) unsafe fn take_all_remote_frees(t: *mut Table) {
+    // SAFETY: t and its slabs are this thread's.
+    unsafe {
+        for class in 0..NCLASSES {
+            let mut s = (*t).lists[class];
+            while !s.is_null() {
+                take_remote_frees(s);
+                s = (*s).tnext;
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Thread heaps: the thread-local pointers of the fast paths, a heap's creation on first use,
+//! its hand-over at thread exit, scope entry and exit, and the fork handlers.
+
+use super::abandon::abandon_table;
+use super::table::{empty_table, Table};
+use super::table::{new_table, table_for, EMPTY_TABLE, TABLES};
+use crate::backend::pool::Pool;
+use crate::objects::scope::{self, ScopeNode};
+use core::cell::Cell;
+use core::ptr::null_mut;
+
+#[repr(C)]
+pub struct Heap {
+    pub(super) tables: *mut Table,
+    pub(super) root: *mut Table,
+    pub(super) slow_count: u32,
+}
+
+pub(super) static HEAPS: Pool<Heap> = Pool::new();
+
+struct ThreadState {
+    table: Cell<*mut Table>,
+    heap: Cell<*mut Heap>,
+}
+
+thread_local! {
+    static TLS: ThreadState = const {
+        ThreadState {
+            table: Cell::new(EMPTY_TABLE.get()),
+            heap: Cell::new(null_mut()),
+        }
+    };
+}
+
+#[inline(always)]
+pub(super) fn tls_table() -> *mut Table {
+    TLS.with(|t| t.table.get())
+}
+
+#[inline(always)]
+pub(super) fn tls_heap() -> *mut Heap {
+    TLS.with(|t| t.heap.get())
+}
+
+pub(super) fn set_tls_table(t: *mut Table) {
+    TLS.with(|s| s.table.set(t));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heaps and tables.
+
+/// This thread's heap, created on first use. Null when the OS refuses memory.
+pub fn heap_or_init() -> *mut Heap {
+    let h = tls_heap();
+    if !h.is_null() {
+        return h;
+    }
+    heap_init()
+}
+
+#[cold]
+pub(super) fn heap_init() -> *mut Heap {
+    let h = HEAPS.alloc();
+    if h.is_null() {
+        return h;
+    }
+    // SAFETY: h is a fresh or recycled heap, ours alone.
+    unsafe {
+        (*h).tables = null_mut();
+        (*h).root = null_mut();
+        (*h).slow_count = 0;
+        TLS.with(|s| s.heap.set(h));
+        let root = new_table(h, scope::root());
+        if root.is_null() {
+            TLS.with(|s| s.heap.set(null_mut()));
+            HEAPS.free(h);
+            return null_mut();
+        }
+        (*root).pins = 1; // the root table lives as long as the heap
+        (*h).root = root;
+        if tls_table() == empty_table() {
+            set_tls_table(root);
+        }
+        register_thread(h);
+    }
+    h
+}
+
+/// Arms the thread-exit hook (and, once per process, the fork handlers). May call back into
+/// malloc (glibc allocates in pthread_atfork and in pthread_setspecific for high keys); the heap
+/// is complete by then. If the OS refuses the key, the heap works but its thread's exit is not
+/// seen: its slabs stay with the dead thread (memory is lost, nothing is corrupted).
+///
+/// # Safety
+/// `h` is this thread's complete heap.
+pub(super) unsafe fn register_thread(h: *mut Heap) {
+    crate::platform::fork::install(fork_prepare, fork_after, fork_after);
+    crate::platform::thread::arm_exit(h as *mut libc::c_void, on_thread_exit);
+}
+
+/// `fork` prepare handler: every allocator lock, in the lock order.
+unsafe extern "C" fn fork_prepare() {
+    scope::lock_for_fork();
+    crate::backend::lock_for_fork();
+    scope::pools_lock(true);
+    pools_lock(true);
+}
+
+/// `fork` parent and child handler: releases what `fork_prepare` took.
+unsafe extern "C" fn fork_after() {
+    pools_lock(false);
+    scope::pools_lock(false);
+    crate::backend::unlock_after_fork();
+    scope::unlock_after_fork();
+}
+
+unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
+    let h = arg as *mut Heap;
+    if h.is_null() || h != tls_heap() {
+        return;
+    }
+    // SAFETY: h is this exiting thread's heap; nothing else touches it.
+    unsafe { abandon_heap(h) };
+}
+
+/// Gives a heap back: every table retired (slabs released or abandoned to their caches, stocks
+/// returned), the heap to the pool.
+pub(super) unsafe fn abandon_heap(h: *mut Heap) {
+    // SAFETY: h is this thread's heap.
+    unsafe {
+        set_tls_table(empty_table());
+        let mut t = (*h).tables;
+        while !t.is_null() {
+            let next = (*t).next;
+            if !(*t).dead {
+                abandon_table(t);
+            }
+            scope::node_put((*t).scope);
+            TABLES.free(t);
+            t = next;
+        }
+        (*h).tables = null_mut();
+        TLS.with(|s| s.heap.set(null_mut()));
+        HEAPS.free(h);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scope entry for the public API.
+
+/// Makes the table of `s` current; returns the previous table (pinned), or null if the heap
+/// could not be created.
+pub fn enter(s: *mut ScopeNode) -> *mut Table {
+    let h = heap_or_init();
+    if h.is_null() {
+        return null_mut();
+    }
+    // SAFETY: h is this thread's heap.
+    unsafe {
+        let prev = tls_table();
+        let t = table_for(h, s);
+        if prev != empty_table() {
+            (*prev).pins += 1;
+        }
+        set_tls_table(t);
+        prev
+    }
+}
+
+/// Restores the table returned by `enter`.
+///
+/// # Safety
+/// `prev` came from `enter` on this thread and is restored once.
+pub unsafe fn leave(prev: *mut Table) {
+    if prev.is_null() {
+        return;
+    }
+    // SAFETY: prev is pinned, so it was not freed; the empty table is never written.
+    unsafe {
+        if prev != empty_table() {
+            (*prev).pins -= 1;
+        }
+    }
+    set_tls_table(prev);
+}
+
+/// The scope the calling thread allocates in: the root when it has no table yet, the nearest open
+/// ancestor when its scope was closed.
+pub fn current_scope() -> *mut ScopeNode {
+    let t = tls_table();
+    // SAFETY: the TLS table is empty or live.
+    unsafe {
+        if t == empty_table() || (*t).scope.is_null() {
+            scope::root()
+        } else {
+            scope::nearest_live((*t).scope)
+        }
+    }
+}
+
+/// Heaps in use.
+pub fn heaps_in_use() -> usize {
+    HEAPS.in_use()
+}
+
+/// mapped but unused), as in every allocator.
+pub fn pools_lock(on: bool) {
+    if on {
+        HEAPS.lock();
+        TABLES.lock();
+    } else {
+        TABLES.unlock();
+        HEAPS.unlock();
+    }
+}

@@ -1,0 +1,278 @@
+//! Caches: the pair (scope, size class) where a scope's objects of one class are charged, with
+//! the slabs and large objects attached to it; found and locked under their scope's lock,
+//! released once dying and unreferenced.
+
+use super::scope::{node_get, node_put, tree_lock, ScopeNode, TreeGuard};
+use super::slab::{Slab, OWNER_ABANDONED};
+use crate::accounting::percpu_ref::PercpuRef;
+use crate::backend::pool::Pool;
+use crate::sync::{AtomicUsize, Ordering};
+use core::ptr::null_mut;
+
+/// A cache: where the objects of one (scope, size class) are charged.
+#[repr(C)]
+pub struct Cache {
+    /// The cache lock and the shared half of its reference count (see `accounting::percpu_ref`).
+    pub refs: PercpuRef,
+    /// The scope that created it (holds a reference).
+    pub(super) origin: *mut ScopeNode,
+    /// Where charges go: the origin, or after close its nearest open ancestor (holds a
+    /// reference). Under the cache lock and TREE_LOCK to change.
+    pub scope: *mut ScopeNode,
+    // Under the cache lock:
+    pub(super) slabs: *mut Slab,
+    abandoned: *mut Slab,
+    pub(super) folded_allocs: u64,
+    pub(super) large_bytes: u64,
+    pub(super) large_objects: u64,
+    pub(super) large_allocs: u64,
+    // Under TREE_LOCK:
+    pub(super) rnext: *mut Cache,
+    pub(super) rprev: *mut Cache,
+}
+
+pub(crate) static CACHES: Pool<Cache> = Pool::new();
+pub(super) static LIVE_CACHES: AtomicUsize = AtomicUsize::new(0);
+pub(super) static DYING_CACHES: AtomicUsize = AtomicUsize::new(0);
+
+/// (caches in existence, dying caches).
+pub fn counts() -> (usize, usize) {
+    (
+        LIVE_CACHES.load(Ordering::Relaxed),
+        DYING_CACHES.load(Ordering::Relaxed),
+    )
+}
+
+/// refuses memory.
+fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
+    let tree = tree_lock();
+    // SAFETY: the caller holds a reference on s; the tree lock serialises creation with close.
+    let ok = unsafe {
+        if (*s).is_closed() {
+            false
+        } else if !(*s).caches[class].load(Ordering::Acquire).is_null() {
+            true
+        } else {
+            let c = CACHES.alloc();
+            if c.is_null() {
+                false
+            } else {
+                (*c).refs.reset();
+                (*c).origin = s;
+                (*c).scope = s;
+                (*c).slabs = null_mut();
+                (*c).abandoned = null_mut();
+                (*c).folded_allocs = 0;
+                (*c).large_bytes = 0;
+                (*c).large_objects = 0;
+                (*c).large_allocs = 0;
+                (*c).rnext = null_mut();
+                (*c).rprev = null_mut();
+                node_get(s);
+                node_get(s);
+                LIVE_CACHES.fetch_add(1, Ordering::Relaxed);
+                (*s).lock.lock();
+                (*s).caches[class].store(c, Ordering::Release);
+                (*s).lock.unlock();
+                true
+            }
+        }
+    };
+    drop(tree);
+    ok
+}
+
+/// Outcome of looking up (and locking) a scope's cache.
+pub enum CacheLookup {
+    /// Locked, live and the right cache: the caller holds its lock.
+    Locked(*mut Cache),
+    /// The scope is closed: re-target to the nearest open ancestor.
+    Closed,
+    /// The OS refused memory for the cache itself.
+    Oom,
+}
+
+/// Finds (creating it on first use) and locks the live cache of (`s`, `class`).
+///
+/// The lookup and the cache lock are taken under the scope's lock, and the close takes caches out
+/// of the array under the same lock before killing them, so the cache found here cannot be
+/// released before we hold its lock; after that, `Life` says whether it is dying.
+pub fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
+    loop {
+        // SAFETY: the caller holds a reference on s.
+        unsafe {
+            (*s).lock.lock();
+            let c = (*s).caches[class].load(Ordering::Acquire);
+            if !c.is_null() {
+                (*c).refs.lock();
+                (*s).lock.unlock();
+                if !(*c).refs.is_dying_locked() {
+                    return CacheLookup::Locked(c);
+                }
+                (*c).refs.unlock();
+                return CacheLookup::Closed;
+            }
+            (*s).lock.unlock();
+            if (*s).is_closed() {
+                return CacheLookup::Closed;
+            }
+            if !create_cache(s, class) {
+                return if (*s).is_closed() {
+                    CacheLookup::Closed
+                } else {
+                    CacheLookup::Oom
+                };
+            }
+        }
+    }
+}
+
+impl Cache {
+    /// Attaches a slab (lock held, reference taken by the caller with `tryget_locked`).
+    ///
+    /// # Safety
+    /// Cache lock held; `s` is on no cache list.
+    pub unsafe fn link_slab(&mut self, s: *mut Slab) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            (*s).cprev = null_mut();
+            (*s).cnext = self.slabs;
+            if !self.slabs.is_null() {
+                (*self.slabs).cprev = s;
+            }
+            self.slabs = s;
+        }
+    }
+
+    /// Detaches a slab from the lists and folds its allocation count (lock held). The caller then
+    /// calls `life.put_locked()`.
+    ///
+    /// # Safety
+    /// Cache lock held; `s` is attached to this cache.
+    pub unsafe fn unlink_slab(&mut self, s: *mut Slab) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            if !(*s).cprev.is_null() {
+                (*(*s).cprev).cnext = (*s).cnext;
+            } else {
+                self.slabs = (*s).cnext;
+            }
+            if !(*s).cnext.is_null() {
+                (*(*s).cnext).cprev = (*s).cprev;
+            }
+            if (*s).owner.load(Ordering::Relaxed) == OWNER_ABANDONED {
+                self.unlink_abandoned(s);
+            }
+            self.folded_allocs += (*s).allocs.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Puts a slab whose thread is gone on the abandoned list (lock held).
+    ///
+    /// # Safety
+    /// Cache lock held; `s` is attached and not abandoned.
+    pub unsafe fn push_abandoned(&mut self, s: *mut Slab) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            (*s).aprev = null_mut();
+            (*s).anext = self.abandoned;
+            if !self.abandoned.is_null() {
+                (*self.abandoned).aprev = s;
+            }
+            self.abandoned = s;
+        }
+    }
+
+    unsafe fn unlink_abandoned(&mut self, s: *mut Slab) {
+        // SAFETY: s is on the abandoned list; lock held.
+        unsafe {
+            if !(*s).aprev.is_null() {
+                (*(*s).aprev).anext = (*s).anext;
+            } else {
+                self.abandoned = (*s).anext;
+            }
+            if !(*s).anext.is_null() {
+                (*(*s).anext).aprev = (*s).aprev;
+            }
+            (*s).anext = null_mut();
+            (*s).aprev = null_mut();
+        }
+    }
+
+    /// Takes an abandoned slab for adoption (lock held); the caller sets its owner.
+    ///
+    /// # Safety
+    /// Cache lock held.
+    pub unsafe fn pop_abandoned(&mut self) -> *mut Slab {
+        let s = self.abandoned;
+        if !s.is_null() {
+            // SAFETY: s heads the abandoned list.
+            unsafe { self.unlink_abandoned(s) };
+        }
+        s
+    }
+
+    /// The abandoned slabs (lock held), for sweeping.
+    pub fn abandoned_head(&self) -> *mut Slab {
+        self.abandoned
+    }
+
+    /// Records a new large object (lock held).
+    pub fn add_large(&mut self, bytes: u64) {
+        self.large_bytes += bytes;
+        self.large_objects += 1;
+        self.large_allocs += 1;
+    }
+
+    /// Forgets a freed large object (lock held).
+    pub fn remove_large(&mut self, bytes: u64) {
+        self.large_bytes -= bytes;
+        self.large_objects -= 1;
+    }
+}
+
+/// Releases a dying cache that just lost its last reference. The caller no longer holds its lock
+/// and touches it no more after this call.
+pub fn release_cache(c: *mut Cache) {
+    let tree = tree_lock();
+    release_cache_tree_locked(&tree, c);
+}
+
+/// `release_cache` for a caller that holds the tree lock.
+pub fn release_cache_tree_locked(_tree: &TreeGuard, c: *mut Cache) {
+    // SAFETY: we hold the tree lock; c is dying with no reference, so only readers under the
+    // tree lock (statistics) could reach it, and they cannot run now.
+    unsafe {
+        let target = (*c).scope;
+        // Unlink from the target's reparented list.
+        if !(*c).rprev.is_null() {
+            (*(*c).rprev).rnext = (*c).rnext;
+        } else if (*target).reparented == c {
+            (*target).reparented = (*c).rnext;
+        }
+        if !(*c).rnext.is_null() {
+            (*(*c).rnext).rprev = (*c).rprev;
+        }
+        (*c).refs.lock();
+        let allocs = (*c).folded_allocs + (*c).large_allocs;
+        (*c).refs.unlock();
+        (*target).folded_allocs.fetch_add(allocs, Ordering::Relaxed);
+        let origin = (*c).origin;
+        LIVE_CACHES.fetch_sub(1, Ordering::Relaxed);
+        DYING_CACHES.fetch_sub(1, Ordering::Relaxed);
+        CACHES.free(c);
+        node_put(target);
+        node_put(origin);
+    }
+}
+
+/// Calls `f` on every live cache under the tree lock (for the abandoned-slab sweep): no cache
+/// can be released meanwhile except by `f` itself, through [`release_cache_tree_locked`].
+pub fn for_each_cache_tree_locked(mut f: impl FnMut(&TreeGuard, *mut Cache)) {
+    let tree = tree_lock();
+    CACHES.for_each(|c, live| {
+        if live {
+            f(&tree, c)
+        }
+    });
+}

@@ -1,0 +1,278 @@
+//! Slabs: the descriptor of a span (a slab of small objects of one size class, or one large or
+//! huge object), laid over the back end's opaque descriptor slot, and what a slab does with its
+//! objects (carve, take remote frees, count).
+
+use crate::backend::segment::{desc_at, desc_of, segment_of, Desc, Segment, DESC_BYTES};
+use crate::backend::{registry, span};
+use crate::objects::cache::Cache;
+use crate::sync::remote::{self, list_tail, remote_take, Linked};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::cell::UnsafeCell;
+use core::ptr::null_mut;
+
+/// The owner's table of a slab, opaque in this layer (the front end's `Table`).
+pub enum OwnerTable {}
+
+/// `Slab::owner` of a slab whose thread exited: frees go through its cache's lock.
+pub const OWNER_ABANDONED: usize = 1;
+/// `Slab::owner` of a large or huge object: frees go to the large path.
+pub const OWNER_LARGE: usize = 2;
+/// `Slab::owner` of a descriptor that describes no live span. Zero, so that the descriptors of a
+/// freshly mapped segment (all zero) read as describing nothing.
+pub const OWNER_NONE: usize = 0;
+
+/// Descriptor kind: describes no live span.
+pub const KIND_FREE: u8 = 0;
+/// Descriptor kind: a slab of small objects.
+pub const KIND_SMALL: u8 = 1;
+/// Descriptor kind: one large object in a span of a small segment.
+pub const KIND_LARGE: u8 = 2;
+/// Descriptor kind: one huge object in a mapping of its own.
+pub const KIND_HUGE: u8 = 3;
+
+/// A free object: its first word links it into a free list.
+#[repr(C)]
+pub struct Block {
+    pub next: *mut Block,
+}
+
+/// The descriptor of a span of pages: a slab of small objects of one class, or one large object.
+///
+/// A slab belongs to one *cache* (scope × size class) and, while its thread lives, to one table of
+/// one thread heap (its *owner*). Three cache lines, by who writes them, so that a thread freeing
+/// remotely never contends with the owner's pops and pushes:
+/// - line 1, read-mostly: `owner` (written by the owner when it takes or gives up the slab, read by
+///   every free to decide local, remote or locked), and fields set when the span is set up and
+///   immutable until it is released (`cache` may be read by a free of a live object without a lock).
+/// - line 2, the owner thread only: the free list, `carved`, `table`, table links; `used` and
+///   `allocs` are written by the owner (plain load + store) and read by anyone for statistics.
+/// - line 3, other threads: `thread_free` (remote frees and their count, taken by the owner), and
+///   the cache's list links (under the cache lock).
+#[repr(C, align(64))]
+pub struct Slab {
+    // Line 1: read-mostly.
+    pub owner: AtomicUsize,
+    pub start: *mut u8,
+    pub cache: *mut Cache,
+    pub block_size: u32,
+    pub capacity: u32,
+    pub npages: u32,
+    pub page_idx: u32,
+    pub class: u16,
+    pub kind: u8,
+    /// Large objects: the span came from pages that read as zero.
+    pub zeroed: bool,
+    _pad1: [u8; 20],
+    // Line 2: the owner thread.
+    pub free: *mut Block,
+    pub used: AtomicU32,
+    /// `used` value at which a local free must look at the slab: 0 when the slab is not its
+    /// table's current slab (an empty slab is then released), `u32::MAX` (never) while current.
+    pub release_at: u32,
+    pub allocs: AtomicU64,
+    /// The owner's table for the slab's scope (a `frontend::table::Table`, opaque here).
+    pub table: *mut OwnerTable,
+    pub tnext: *mut Slab,
+    pub tprev: *mut Slab,
+    pub carved: u32,
+    _pad2: [u8; 12],
+    // Line 3: other threads.
+    /// Remote-free list head: address and count (see `sync::remote`).
+    pub thread_free: AtomicU64,
+    pub cnext: *mut Slab,
+    pub cprev: *mut Slab,
+    pub anext: *mut Slab,
+    pub aprev: *mut Slab,
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(Slab, free) == 64);
+    assert!(core::mem::offset_of!(Slab, thread_free) == 128);
+    assert!(core::mem::size_of::<Slab>() == 192);
+};
+
+impl Slab {
+    /// A descriptor of nothing; the fast path's stand-in when a table has no slab for a class.
+    pub const fn empty() -> Slab {
+        Slab {
+            owner: AtomicUsize::new(OWNER_NONE),
+            start: null_mut(),
+            cache: null_mut(),
+            block_size: 0,
+            capacity: 0,
+            npages: 0,
+            page_idx: 0,
+            class: 0,
+            kind: KIND_FREE,
+            zeroed: false,
+            _pad1: [0; 20],
+            free: null_mut(),
+            used: AtomicU32::new(0),
+            release_at: 0,
+            allocs: AtomicU64::new(0),
+            table: null_mut(),
+            tnext: null_mut(),
+            tprev: null_mut(),
+            carved: 0,
+            _pad2: [0; 12],
+            thread_free: AtomicU64::new(0),
+            cnext: null_mut(),
+            cprev: null_mut(),
+            anext: null_mut(),
+            aprev: null_mut(),
+        }
+    }
+
+    /// Objects that are live: handed out and not freed (remote frees waiting count as freed).
+    pub fn live(&self) -> u32 {
+        let pending = remote::remote_pending(&self.thread_free);
+        self.used.load(Ordering::Relaxed).saturating_sub(pending)
+    }
+}
+
+/// The shared empty descriptor that every empty table slot points at.
+pub struct EmptySlab(pub UnsafeCell<Slab>);
+// SAFETY: the empty slab is never written: its free list is null, so every path that would write
+// it takes the slow path first, which never writes a slab of kind KIND_FREE.
+unsafe impl Sync for EmptySlab {}
+pub static EMPTY_SLAB: EmptySlab = EmptySlab(UnsafeCell::new(Slab::empty()));
+
+const _: () = {
+    assert!(core::mem::size_of::<Slab>() == DESC_BYTES);
+    assert!(core::mem::align_of::<Slab>() == core::mem::align_of::<Desc>());
+};
+
+impl Linked for Block {
+    unsafe fn next(this: *mut Self) -> *mut Self {
+        // SAFETY: `this` is a valid node (the trait's contract): a free block of ours.
+        unsafe { (*this).next }
+    }
+    unsafe fn set_next(this: *mut Self, next: *mut Self) {
+        // SAFETY: `this` is a free block owned by the caller (the trait's contract).
+        unsafe { (*this).next = next }
+    }
+}
+
+/// The descriptor of the span that holds object pointer `p`.
+///
+/// # Safety
+/// `p` points into a segment of ours (see `backend::segment::desc_of`).
+#[inline(always)]
+pub unsafe fn slab_of(p: *const u8) -> *mut Slab {
+    // SAFETY: the caller's contract is desc_of's; a Slab is laid over every descriptor slot.
+    unsafe { desc_of(p).cast::<Slab>() }
+}
+
+/// The descriptor of page `idx` of `seg`.
+///
+/// # Safety
+/// `seg` is a mapped segment header of ours and `idx < PAGES`.
+pub unsafe fn slab_at(seg: *mut Segment, idx: usize) -> *mut Slab {
+    // SAFETY: the caller's contract is desc_at's.
+    unsafe { desc_at(seg, idx).cast::<Slab>() }
+}
+
+/// Carve at most this many bytes of new objects into a slab's free list at a time, so that a
+/// slab's untouched part stays uncommitted.
+const EXTEND_BYTES: usize = 4096;
+
+impl Slab {
+    /// Carves up to `EXTEND_BYTES` (at least 4 objects) of never-used objects onto the free
+    /// list.
+    ///
+    /// # Safety
+    /// The caller owns the slab (its thread), and `carved < capacity`.
+    pub unsafe fn extend(&mut self) {
+        debug_assert!(self.carved < self.capacity);
+        let size = self.block_size as usize;
+        let n = ((EXTEND_BYTES / size).max(4) as u32).min(self.capacity - self.carved) as usize;
+        // SAFETY: objects carved..carved+n lie inside the slab's span (carved + n <= capacity),
+        // and were never handed out: nobody else touches them.
+        unsafe {
+            let first = self.start.add(self.carved as usize * size);
+            for i in 0..n {
+                let b = first.add(i * size) as *mut Block;
+                (*b).next = if i + 1 < n {
+                    first.add((i + 1) * size) as *mut Block
+                } else {
+                    self.free
+                };
+            }
+            self.free = first as *mut Block;
+        }
+        self.carved += n as u32;
+    }
+
+    /// Moves the remote frees onto the free list and out of `used`; returns how many. The caller
+    /// gives their bytes back (to a stock, or to the scope counters).
+    ///
+    /// # Safety
+    /// The caller owns the slab: its thread, or the cache lock for an abandoned slab.
+    pub unsafe fn take_remote(&mut self) -> u32 {
+        // SAFETY: the owner is the list's only taker (the caller's contract).
+        let (first, n) = unsafe { remote_take::<Block>(&self.thread_free) };
+        if n > 0 {
+            if !self.free.is_null() {
+                // SAFETY: the taken nodes are ours now; the count says how many there are.
+                unsafe { (*list_tail(first, n)).next = self.free };
+            }
+            self.free = first;
+            let used = self.used.load(Ordering::Relaxed);
+            debug_assert!(used >= n, "more remote frees than objects in use");
+            // Owner-only write; Relaxed: readers (statistics) need only a recent value.
+            self.used.store(used - n, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Marks the descriptor free (describes nothing) before its span goes back.
+    pub fn mark_free(&mut self) {
+        self.kind = KIND_FREE;
+        self.owner.store(OWNER_NONE, Ordering::Relaxed);
+    }
+}
+
+/// Returns the span described by `s` (a small-object slab or a large object) to the back end.
+///
+/// # Safety
+/// The span holds no live object and nobody touches it or its descriptor afterwards.
+pub unsafe fn free_slab_span(s: *mut Slab) {
+    // SAFETY: s is a live descriptor (the caller's contract); a span's start lies inside its own
+    // segment, so start + 1 masks to its header.
+    unsafe {
+        (*s).mark_free();
+        let seg = segment_of((*s).start.add(1));
+        span::free_span(seg, (*s).page_idx as usize, (*s).npages as usize);
+    }
+}
+
+/// Whether `p` points into a live slab or at a live large or huge object of ours. Touches only our
+/// own memory; cheap (no division): every C `free` asks it. [`is_block_start`] adds the exact
+/// object-boundary check.
+pub fn owns(p: *const u8) -> bool {
+    owns_where(p, false)
+}
+
+/// [`owns`], and `p` is exactly the start of an object (not inside one).
+pub fn is_block_start(p: *const u8) -> bool {
+    owns_where(p, true)
+}
+
+fn owns_where(p: *const u8, exact: bool) -> bool {
+    if p.is_null() || !registry::contains(segment_of(p)) {
+        return false;
+    }
+    // SAFETY: the registry says p's segment header is mapped and ours.
+    unsafe {
+        let s = slab_of(p);
+        match (*s).kind {
+            KIND_SMALL => {
+                let off = (p as usize).wrapping_sub((*s).start as usize);
+                off < (*s).capacity as usize * (*s).block_size as usize
+                    && (!exact || off.is_multiple_of((*s).block_size as usize))
+            }
+            KIND_LARGE | KIND_HUGE => core::ptr::eq(p, (*s).start),
+            _ => false,
+        }
+    }
+}

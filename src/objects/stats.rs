@@ -1,0 +1,220 @@
+//! Statistics of scopes: usage summed on read, under the tree lock, from the slabs' counts (the
+//! per-thread halves) and the caches' large-object figures. Exact once threads are quiet.
+
+use super::cache::Cache;
+use super::scope::{tree_lock, ScopeNode, TreeGuard};
+use crate::sync::Ordering;
+
+/// Figures of a scope. `bytes`/`objects` count usable sizes of live objects charged to the scope
+/// and its descendants (open ones, and closed ones reparented into it); `self_*` exclude open
+/// descendants. Closed scopes report zero for the live figures (they moved to the ancestor).
+/// `#[repr(C)]`: the C library hands it out as `struct scopealloc_stats`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeStats {
+    /// Usable bytes of live objects, descendants included.
+    pub bytes: u64,
+    /// Usable bytes of live objects charged to this scope itself.
+    pub self_bytes: u64,
+    /// Live objects, descendants included.
+    pub objects: u64,
+    /// Live objects of this scope itself.
+    pub self_objects: u64,
+    /// High-water mark of `charged_bytes` since creation or `Scope::reset_peak`.
+    pub peak_bytes: u64,
+    /// Bytes held against the limit: live bytes plus what per-thread stocks hold in advance
+    /// (at most 128 KiB per thread that allocated in the scope) and remote frees not yet
+    /// collected by their slab's thread.
+    pub charged_bytes: u64,
+    /// Allocations charged here since creation, descendants included.
+    pub allocs: u64,
+    /// Frees of those (`allocs - objects`).
+    pub frees: u64,
+    /// Allocations refused because they would have passed this scope's limit.
+    pub limit_hits: u64,
+}
+
+/// Live usage of a set of caches.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Usage {
+    /// Usable bytes of live objects.
+    pub bytes: u64,
+    /// Live objects.
+    pub objects: u64,
+    /// Allocations ever charged.
+    pub allocs: u64,
+}
+
+impl Usage {
+    /// Nothing.
+    pub const ZERO: Usage = Usage {
+        bytes: 0,
+        objects: 0,
+        allocs: 0,
+    };
+
+    fn add(&mut self, o: Usage) {
+        self.bytes += o.bytes;
+        self.objects += o.objects;
+        self.allocs += o.allocs;
+    }
+}
+
+/// Usage of one cache.
+///
+/// # Safety
+/// The tree lock is held (it keeps `c` from being released).
+unsafe fn cache_usage(c: *mut Cache) -> Usage {
+    let mut f = Usage::default();
+    // SAFETY: the tree lock keeps c alive; its lists and figures are read under its own lock.
+    unsafe {
+        (*c).refs.lock();
+        // `allocs` is read before `used` (through `live`), and the owner raises `allocs` before
+        // `used` (see `frontend::alloc::pop`), so a racing pop never shows objects > allocs.
+        let mut s = (*c).slabs;
+        while !s.is_null() {
+            f.allocs += (*s).allocs.load(Ordering::Relaxed);
+            let live = (*s).live() as u64;
+            f.bytes += live * (*s).block_size as u64;
+            f.objects += live;
+            s = (*s).cnext;
+        }
+        f.bytes += (*c).large_bytes;
+        f.objects += (*c).large_objects;
+        f.allocs += (*c).folded_allocs + (*c).large_allocs;
+        (*c).refs.unlock();
+    }
+    f.objects = f.objects.min(f.allocs);
+    f
+}
+
+/// Usage charged to `x` itself (its caches and the caches reparented into it).
+///
+/// # Safety
+/// The tree lock is held; `x` is alive.
+unsafe fn self_usage(x: *mut ScopeNode) -> Usage {
+    let mut f = Usage::default();
+    // SAFETY: the tree lock guards the caches array's writers and the reparented list.
+    unsafe {
+        for slot in (*x).caches.iter() {
+            let c = slot.load(Ordering::Acquire);
+            if !c.is_null() {
+                f.add(cache_usage(c));
+            }
+        }
+        let mut c = (*x).reparented;
+        while !c.is_null() {
+            f.add(cache_usage(c));
+            c = (*c).rnext;
+        }
+        f.allocs += (*x).folded_allocs.load(Ordering::Relaxed);
+    }
+    f
+}
+
+/// The next node of a pre-order walk of the subtree of `top` after `x`, or null at the end.
+///
+/// # Safety
+/// The tree lock is held; `x` is in the subtree of `top`.
+unsafe fn next_preorder(top: *mut ScopeNode, mut x: *mut ScopeNode) -> *mut ScopeNode {
+    // SAFETY: the tree lock guards the links; nodes in the tree are alive.
+    unsafe {
+        if !(*x).first_child.is_null() {
+            return (*x).first_child;
+        }
+        while x != top {
+            if !(*x).next_sibling.is_null() {
+                return (*x).next_sibling;
+            }
+            x = (*x).parent;
+        }
+        core::ptr::null_mut()
+    }
+}
+
+/// (self, total) usage of an open scope: an iterative walk of its subtree.
+///
+/// # Safety
+/// The tree lock is held; `top` is open and alive.
+unsafe fn subtree_usage(top: *mut ScopeNode) -> (Usage, Usage) {
+    // SAFETY: per the contract.
+    unsafe {
+        let me = self_usage(top);
+        let mut total = me;
+        let mut x = next_preorder(top, top);
+        while !x.is_null() {
+            total.add(self_usage(x));
+            x = next_preorder(top, x);
+        }
+        (me, total)
+    }
+}
+
+/// Records in each node's `scratch` the total usage of its subtree (for the close that follows):
+/// one iterative post-order walk.
+///
+/// # Safety
+/// `top` is open and alive, and the caller holds the tree lock (`_tree`).
+pub(super) unsafe fn record_subtree_usage(_tree: &TreeGuard, top: *mut ScopeNode) {
+    // SAFETY: the tree lock guards the links and the scratch fields; nodes in the tree are alive.
+    unsafe {
+        let mut x = top;
+        (*x).scratch = self_usage(x);
+        'down: loop {
+            while !(*x).first_child.is_null() {
+                x = (*x).first_child;
+                (*x).scratch = self_usage(x);
+            }
+            loop {
+                // x's subtree is complete.
+                if x == top {
+                    return;
+                }
+                let p = (*x).parent;
+                let done = (*x).scratch;
+                (*p).scratch.add(done);
+                if !(*x).next_sibling.is_null() {
+                    x = (*x).next_sibling;
+                    (*x).scratch = self_usage(x);
+                    continue 'down;
+                }
+                x = p;
+            }
+        }
+    }
+}
+
+/// Statistics of a scope; see [`ScopeStats`].
+pub fn stats(x: *mut ScopeNode) -> ScopeStats {
+    let tree = tree_lock();
+    // SAFETY: the tree lock is held; the caller holds a reference on x.
+    let st = unsafe {
+        let c = &(*x).counter;
+        let peak = c.peak.load(Ordering::Relaxed);
+        let limit_hits = c.limit_hits.load(Ordering::Relaxed);
+        if (*x).is_closed() {
+            ScopeStats {
+                peak_bytes: peak,
+                limit_hits,
+                allocs: (*x).final_allocs.load(Ordering::Relaxed),
+                frees: (*x).final_frees.load(Ordering::Relaxed),
+                ..Default::default()
+            }
+        } else {
+            let (me, total) = subtree_usage(x);
+            ScopeStats {
+                bytes: total.bytes,
+                self_bytes: me.bytes,
+                objects: total.objects,
+                self_objects: me.objects,
+                peak_bytes: peak,
+                charged_bytes: c.charged.load(Ordering::Relaxed),
+                allocs: total.allocs,
+                frees: total.allocs - total.objects,
+                limit_hits,
+            }
+        }
+    };
+    drop(tree);
+    st
+}
