@@ -1164,3 +1164,45 @@ fn refused_allocation_does_not_raise_any_peak() {
     }
     assert_eq!(a.stats().limit_hits, 1);
 }
+
+/// Builds a chain `depth` deep under `top`; returns every handle (a dropped handle closes).
+fn deep_chain(top: &Scope, depth: usize) -> Vec<Scope> {
+    let mut all = Vec::with_capacity(depth);
+    let mut parent = top.clone();
+    for _ in 0..depth {
+        let s = parent.child("d");
+        parent = s.clone();
+        all.push(s);
+    }
+    all
+}
+
+#[test]
+fn stats_and_close_of_a_scope_100_000_levels_deep_walk_without_recursion() {
+    // Before the fix, close and stats recursed once per level: 100 000 frames overflow a test
+    // thread's 2 MiB stack.
+    let depth: usize = std::env::var("SCOPEALLOC_TEST_DEPTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    eprintln!("depth {depth}");
+    let top = Scope::root().child("deep-top");
+    let all = deep_chain(&top, depth);
+    let leaf = all.last().unwrap().clone();
+    let v = leaf.run(|| vec![1u8; 100]);
+    let usable = unsafe { scopealloc::usable_size(v.as_ptr()) } as u64;
+    let st = top.stats();
+    assert_eq!((st.bytes, st.objects, st.self_bytes), (usable, 1, 0));
+    assert_eq!(all[depth / 2].stats().bytes, usable);
+    top.close();
+    assert!(leaf.is_closed() && all[0].is_closed());
+    let root_self = Scope::root().stats();
+    assert!(root_self.bytes >= usable, "the object moved to the root");
+    assert_eq!(
+        (leaf.stats().allocs, leaf.stats().frees),
+        (1, 0),
+        "a closed scope reports its usage at close"
+    );
+    drop(v);
+    drop(all);
+}
