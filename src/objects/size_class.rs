@@ -75,8 +75,8 @@ const fn build_sizes() -> [u32; NCLASSES] {
 }
 
 /// The class serving `size` bytes at alignment `align` (a power of two), or `None` when the
-/// request must go to the large path. Alignments up to 16 bytes follow the size; larger ones pick
-/// a class whose size is a multiple of the alignment.
+/// request must go to the large path. Alignments up to 8 bytes follow the size (every class is a
+/// multiple of 8); larger ones pick a class whose size is a multiple of the alignment.
 #[inline]
 pub fn class_for(size: usize, align: usize) -> Option<usize> {
     if align <= 8 {
