@@ -7,8 +7,22 @@ use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
 use crate::objects::size_class::NCLASSES;
 use crate::objects::slab::{OwnerTable, Slab, EMPTY_SLAB};
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::ptr::null_mut;
+
+thread_local! {
+    /// Tables the calling thread's lookups (`table_for`) have looked at, for the tests.
+    static LOOKUP_VISITS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Tables the calling thread's lookups have looked at so far (`testing::table_lookup_visits`).
+pub fn lookup_visits() -> u64 {
+    LOOKUP_VISITS.with(|v| v.get())
+}
+
+fn count_visit() {
+    LOOKUP_VISITS.with(|v| v.set(v.get() + 1));
+}
 
 /// A thread's table for one scope. Owned by its thread.
 #[repr(C)]
@@ -76,6 +90,11 @@ pub(super) fn empty_slab() -> *mut Slab {
 
 pub(super) static TABLES: Pool<Table> = Pool::new();
 
+/// Tables in existence, over all threads.
+pub fn tables_in_use() -> usize {
+    TABLES.in_use()
+}
+
 pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
     let t = TABLES.alloc();
     if t.is_null() {
@@ -109,6 +128,7 @@ pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
         let mut prev: *mut Table = null_mut();
         let mut t = (*h).tables;
         while !t.is_null() {
+            count_visit();
             let next = (*t).next;
             if (*t).scope == target && !(*t).dead {
                 if !prev.is_null() {
