@@ -11,3 +11,14 @@ pub fn os_fail_after(n: Option<u64>) {
 pub fn key_create_fail_after(n: Option<u64>) {
     crate::platform::fail::set_fail_after(crate::platform::fail::Call::KeyCreate, n);
 }
+
+/// Tables the calling thread's scope lookups (entering a scope, following a closed one) have
+/// looked at since it started: a lookup in constant time adds a bounded number per lookup.
+pub fn table_lookup_visits() -> u64 {
+    crate::frontend::table::lookup_visits()
+}
+
+/// Thread tables in existence, over all threads (freed tables excluded).
+pub fn tables_in_use() -> usize {
+    crate::frontend::table::tables_in_use()
+}

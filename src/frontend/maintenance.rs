@@ -4,11 +4,10 @@ use super::abandon::sweep_abandoned;
 use super::free::release_slab;
 use super::refill::{set_current, take_all_remote_frees};
 use super::table::empty_slab;
-use super::table::{table_for, TABLES};
+use super::table::{drop_closed, TABLES};
 use super::thread_heap::HEAPS;
 use super::thread_heap::{tls_heap, Heap};
 use crate::backend::decay;
-use crate::objects::scope::{self};
 use crate::objects::size_class::NCLASSES;
 use crate::platform::os;
 use crate::sync::{AtomicU64, Ordering};
@@ -17,8 +16,7 @@ use crate::sync::{AtomicU64, Ordering};
 pub(super) unsafe fn maintenance(h: *mut Heap, force: bool) {
     // SAFETY: h is this thread's heap.
     unsafe {
-        // table_for with the root reaps closed tables on its way.
-        table_for(h, scope::root());
+        drop_closed(h);
         if force {
             let mut t = (*h).tables;
             while !t.is_null() {
@@ -85,6 +83,6 @@ pub fn drop_closed_tables() {
     let h = tls_heap();
     if !h.is_null() {
         // SAFETY: h is this thread's heap.
-        unsafe { table_for(h, scope::root()) };
+        unsafe { drop_closed(h) };
     }
 }

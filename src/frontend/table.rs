@@ -7,8 +7,24 @@ use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
 use crate::objects::size_class::NCLASSES;
 use crate::objects::slab::{OwnerTable, Slab, EMPTY_SLAB};
-use core::cell::UnsafeCell;
+use crate::platform::os;
+use core::cell::{Cell, UnsafeCell};
+use core::mem::size_of;
 use core::ptr::null_mut;
+
+thread_local! {
+    /// Tables the calling thread's lookups (`table_for`) have looked at, for the tests.
+    static LOOKUP_VISITS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Tables the calling thread's lookups have looked at so far (`testing::table_lookup_visits`).
+pub fn lookup_visits() -> u64 {
+    LOOKUP_VISITS.with(|v| v.get())
+}
+
+fn count_visit() {
+    LOOKUP_VISITS.with(|v| v.set(v.get() + 1));
+}
 
 /// A thread's table for one scope. Owned by its thread.
 #[repr(C)]
@@ -26,7 +42,10 @@ pub struct Table {
     pub pins: u32,
     /// Retired: its scope closed; it owns no slab and forwards to the ancestor's table.
     pub dead: bool,
+    /// The heap's list of all its tables.
     pub(super) next: *mut Table,
+    /// The next table in this table's chain of the heap's index (see `table_for`).
+    pub(super) hnext: *mut Table,
 }
 
 pub(super) struct EmptyTable(UnsafeCell<Table>);
@@ -42,6 +61,7 @@ pub(super) static EMPTY_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
     pins: 0,
     dead: false,
     next: null_mut(),
+    hnext: null_mut(),
 }));
 
 impl EmptyTable {
@@ -76,6 +96,11 @@ pub(super) fn empty_slab() -> *mut Slab {
 
 pub(super) static TABLES: Pool<Table> = Pool::new();
 
+/// Tables in existence, over all threads.
+pub fn tables_in_use() -> usize {
+    TABLES.in_use()
+}
+
 pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
     let t = TABLES.alloc();
     if t.is_null() {
@@ -94,46 +119,191 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
         (*t).pins = 0;
         (*t).dead = false;
         (*t).next = (*h).tables;
+        (*t).hnext = null_mut();
         (*h).tables = t;
+        (*h).ntables += 1;
+        // Past one table per bucket the index doubles (rehashing the list, t included); if the
+        // OS refuses, the chains grow longer instead.
+        if (*h).ntables <= (*h).nbuckets || !grow_index(h) {
+            index_insert(h, t);
+        }
     }
     t
 }
 
-/// The heap's table for the nearest open scope at or above `s`, created on first use; tables of
-/// closed scopes met on the way are retired and, when unpinned, freed.
-pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
-    let target = scope::nearest_live(s);
-    // SAFETY: h is this thread's heap.
+// The heap's index of its tables: buckets of tables chained through `hnext`, keyed by scope
+// address, at most one table per bucket on average (the array doubles past that). Its array is
+// mapped from the OS, never from the global allocator. Invariant: when `nbuckets > 0`, every
+// table on the heap's list is in the index; with no array (the OS refused the first one), a
+// lookup walks the list.
+
+/// Buckets of the first index array: one page.
+const MIN_BUCKETS: usize = 4096 / size_of::<*mut Table>();
+
+/// The bucket of scope `s` in `h`'s index (`nbuckets > 0`).
+///
+/// # Safety
+/// `h` is this thread's heap, with an index array.
+unsafe fn bucket(h: *mut Heap, s: *mut ScopeNode) -> *mut *mut Table {
+    // SAFETY: h is this thread's heap (the contract).
+    unsafe {
+        let bits = (*h).nbuckets.trailing_zeros();
+        // Fibonacci hashing: the high bits of the product mix every bit of the address.
+        let i = ((s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+        (*h).buckets.add(i)
+    }
+}
+
+/// Adds `t` to `h`'s index, if it has an array.
+///
+/// # Safety
+/// `t` is a table of this thread's heap `h`, not in the index.
+unsafe fn index_insert(h: *mut Heap, t: *mut Table) {
+    // SAFETY: h and t are this thread's (the contract); the bucket lies in h's array.
+    unsafe {
+        if (*h).nbuckets == 0 {
+            return;
+        }
+        let b = bucket(h, (*t).scope);
+        (*t).hnext = *b;
+        *b = t;
+    }
+}
+
+/// Maps an index array twice as large (at least `MIN_BUCKETS`), puts every table of `h`'s list
+/// in it and unmaps the old one. False, changing nothing, when the OS refuses.
+///
+/// # Safety
+/// `h` is this thread's heap.
+unsafe fn grow_index(h: *mut Heap) -> bool {
+    // SAFETY: h and its tables are this thread's; the old array is ours and unused after the swap.
+    unsafe {
+        let old = (*h).buckets;
+        let old_n = (*h).nbuckets;
+        let n = if old_n == 0 { MIN_BUCKETS } else { old_n * 2 };
+        let Some(bytes) = n.checked_mul(size_of::<*mut Table>()) else {
+            return false;
+        };
+        let array = os::map_aligned(bytes, 4096).cast::<*mut Table>();
+        if array.is_null() {
+            return false;
+        }
+        // Fresh mappings read as zero: every bucket starts empty (null).
+        (*h).buckets = array;
+        (*h).nbuckets = n;
+        let mut t = (*h).tables;
+        while !t.is_null() {
+            index_insert(h, t);
+            t = (*t).next;
+        }
+        if !old.is_null() {
+            os::unmap(old.cast::<u8>(), old_n * size_of::<*mut Table>());
+        }
+        true
+    }
+}
+
+/// Unmaps `h`'s index array (its tables are gone or about to be).
+///
+/// # Safety
+/// `h` is this thread's heap; nothing looks its tables up any more.
+pub(super) unsafe fn free_index(h: *mut Heap) {
+    // SAFETY: the array is h's own mapping and no longer used (the contract).
+    unsafe {
+        if !(*h).buckets.is_null() {
+            os::unmap(
+                (*h).buckets.cast::<u8>(),
+                (*h).nbuckets * size_of::<*mut Table>(),
+            );
+        }
+        (*h).buckets = null_mut();
+        (*h).nbuckets = 0;
+    }
+}
+
+/// Takes `t` out of `h`'s list (`prev`: its predecessor there, or null if it is the head) and
+/// index, and frees it with its scope reference. Its slabs are gone (it is dead).
+///
+/// # Safety
+/// `t` is a dead, unpinned table of this thread's heap `h`, not the thread's current table.
+unsafe fn free_table(h: *mut Heap, t: *mut Table, prev: *mut Table) {
+    // SAFETY: h, t and prev are this thread's (the contract).
+    unsafe {
+        if prev.is_null() {
+            (*h).tables = (*t).next;
+        } else {
+            (*prev).next = (*t).next;
+        }
+        if (*h).nbuckets > 0 {
+            let mut link = bucket(h, (*t).scope);
+            while *link != t {
+                count_visit();
+                link = &raw mut (**link).hnext;
+            }
+            *link = (*t).hnext;
+        }
+        (*h).ntables -= 1;
+        scope::node_put((*t).scope);
+        TABLES.free(t);
+    }
+}
+
+/// Retires and frees `h`'s tables of closed scopes, except the current and pinned ones. Walks
+/// every table: run by maintenance, `global_stats`, and by `table_for` only when the heap's
+/// tables have doubled since the last run (so its cost per new table is O(1) amortized).
+///
+/// # Safety
+/// `h` is this thread's heap.
+pub(super) unsafe fn drop_closed(h: *mut Heap) {
+    // SAFETY: h and its tables are this thread's.
     unsafe {
         let current = tls_table();
         let mut prev: *mut Table = null_mut();
         let mut t = (*h).tables;
         while !t.is_null() {
             let next = (*t).next;
-            if (*t).scope == target && !(*t).dead {
-                if !prev.is_null() {
-                    // Move to front: the scopes a thread enters most are found first.
-                    (*prev).next = next;
-                    (*t).next = (*h).tables;
-                    (*h).tables = t;
-                }
-                return t;
-            }
             if t != current && (*t).pins == 0 && ((*t).dead || (*(*t).scope).is_closed()) {
                 if !(*t).dead {
                     abandon_table(t);
                 }
-                if prev.is_null() {
-                    (*h).tables = next;
-                } else {
-                    (*prev).next = next;
-                }
-                scope::node_put((*t).scope);
-                TABLES.free(t);
+                free_table(h, t, prev);
             } else {
                 prev = t;
             }
             t = next;
+        }
+        (*h).drop_at = ((*h).ntables * 2).max(DROP_AT_LEAST);
+    }
+}
+
+/// `table_for` drops closed tables before making a new one once the heap has this many tables.
+pub(super) const DROP_AT_LEAST: usize = 64;
+
+/// The heap's table for the nearest open scope at or above `s`, created on first use. O(1)
+/// expected in the number of the heap's tables (one index chain); tables of closed scopes are
+/// dropped by `drop_closed`.
+pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
+    let target = scope::nearest_live(s);
+    // SAFETY: h is this thread's heap.
+    unsafe {
+        let mut t = if (*h).nbuckets > 0 {
+            *bucket(h, target)
+        } else {
+            (*h).tables // no index array (the OS refused it): the list
+        };
+        while !t.is_null() {
+            count_visit();
+            if (*t).scope == target && !(*t).dead {
+                return t;
+            }
+            t = if (*h).nbuckets > 0 {
+                (*t).hnext
+            } else {
+                (*t).next
+            };
+        }
+        if (*h).ntables >= (*h).drop_at {
+            drop_closed(h);
         }
         let t = new_table(h, target);
         if t.is_null() {

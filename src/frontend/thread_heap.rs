@@ -3,7 +3,7 @@
 
 use super::abandon::abandon_table;
 use super::table::{empty_table, Table};
-use super::table::{new_table, table_for, EMPTY_TABLE, TABLES};
+use super::table::{free_index, new_table, table_for, DROP_AT_LEAST, EMPTY_TABLE, TABLES};
 use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
 use core::cell::Cell;
@@ -11,9 +11,18 @@ use core::ptr::null_mut;
 
 #[repr(C)]
 pub struct Heap {
+    /// All the heap's tables (linked through `next`).
     pub(super) tables: *mut Table,
     pub(super) root: *mut Table,
     pub(super) slow_count: u32,
+    /// Tables on `tables`.
+    pub(super) ntables: usize,
+    /// The index of `tables` by scope (`table::table_for`): `nbuckets` (0 or a power of two)
+    /// chains through `Table::hnext`, in an array mapped from the OS.
+    pub(super) buckets: *mut *mut Table,
+    pub(super) nbuckets: usize,
+    /// `table_for` drops closed tables before making a new one once `ntables` reaches this.
+    pub(super) drop_at: usize,
 }
 
 pub(super) static HEAPS: Pool<Heap> = Pool::new();
@@ -69,6 +78,10 @@ pub(super) fn heap_init() -> *mut Heap {
         (*h).tables = null_mut();
         (*h).root = null_mut();
         (*h).slow_count = 0;
+        (*h).ntables = 0;
+        (*h).buckets = null_mut();
+        (*h).nbuckets = 0;
+        (*h).drop_at = DROP_AT_LEAST;
         TLS.with(|s| s.heap.set(h));
         let root = new_table(h, scope::root());
         if root.is_null() {
@@ -140,6 +153,8 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
             t = next;
         }
         (*h).tables = null_mut();
+        (*h).ntables = 0;
+        free_index(h);
         TLS.with(|s| s.heap.set(null_mut()));
         HEAPS.free(h);
     }
