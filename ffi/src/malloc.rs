@@ -5,8 +5,8 @@
 //! Every function may be the first allocator call of the process, may run before this library's
 //! constructor, and may be called from inside glibc (`dlerror`, `pthread_setspecific`, TLS
 //! set-up): nothing here allocates through the global allocator, formats or unwinds, and the
-locks the core takes on slow paths (a cache, the back end, the tree) are never held across a
-call back into malloc. Failures set `errno` to `ENOMEM`
+//! locks the core takes on slow paths (a cache, the back end, the tree) are never held across a
+//! call back into malloc. Failures set `errno` to `ENOMEM`
 //! (`posix_memalign` returns the error instead and leaves `errno` alone). A pointer that the
 //! allocator does not own, given to `free`, `realloc` or `malloc_usable_size`, prints one line
 //! on stderr and aborts; with `SCOPEALLOC_CHECK=1` a double free does too, new objects are

@@ -1,9 +1,10 @@
 //! The `GlobalAlloc`: the Rust entry points, and the size, zeroing and realloc logic the C
 //! entry points share.
 
-use crate::frontend::{alloc, free, large};
+use crate::frontend::{alloc, free, large, thread_heap};
+use crate::objects::scope;
 use crate::objects::size_class::{class_for, class_of, MAX_SMALL};
-use crate::objects::slab::{slab_of, KIND_SMALL};
+use crate::objects::slab::{slab_of, Slab, KIND_SMALL};
 use core::alloc::{GlobalAlloc, Layout};
 
 /// The allocator. Install it with `#[global_allocator]`, or call it directly through
@@ -75,11 +76,48 @@ pub(super) unsafe fn realloc_aligned(
         if new_size <= usable && new_size >= usable / 2 {
             return p;
         }
-        let q = alloc_aligned(new_size, align);
+        let s = slab_of(p);
+        // The common case, a small object of a slab of this thread's current table, costs a few
+        // compares; otherwise the new block is allocated in the old one's origin.
+        let q = if thread_heap::charges_current_scope(s) {
+            alloc_aligned(new_size, align)
+        } else {
+            alloc_in_origin(s, new_size, align)
+        };
         if !q.is_null() {
             core::ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
             free::free(p);
         }
+        q
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` in the scope the objects of `s` are charged to: the
+/// cache's `scope`, which is the origin or, after it closed, its nearest open ancestor.
+///
+/// # Safety
+/// `s` is the descriptor of a live object of ours (its cache is alive while the object is).
+#[cold]
+unsafe fn alloc_in_origin(s: *mut Slab, size: usize, align: usize) -> *mut u8 {
+    // SAFETY: the live object holds a reference on its cache. `cache.scope` changes only under
+    // the cache lock (and the tree lock), so it is read under the cache lock, and the node
+    // reference taken there keeps it alive after the lock is dropped, while the thread enters it
+    // (entering a scope that closed meanwhile enters its nearest open ancestor).
+    unsafe {
+        let c = (*s).cache;
+        (*c).refs.lock();
+        let origin = (*c).scope;
+        scope::node_get(origin);
+        (*c).refs.unlock();
+        let q = if origin == thread_heap::current_scope() {
+            alloc_aligned(size, align)
+        } else {
+            let prev = thread_heap::enter(origin);
+            let q = alloc_aligned(size, align);
+            thread_heap::leave(prev);
+            q
+        };
+        scope::node_put(origin);
         q
     }
 }
@@ -107,6 +145,10 @@ unsafe impl GlobalAlloc for ScopeAlloc {
         p
     }
 
+    /// Resizes in place when the new size fits the block; otherwise moves it to a new block
+    /// charged to the old block's origin scope (or, if that scope has closed, to its nearest
+    /// open ancestor), whatever scope the calling thread is in. Null (the old block left
+    /// alone) when the origin's limit or the OS refuses.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: GlobalAlloc's contract: ptr is live with this layout.
         unsafe { realloc_aligned(ptr, layout.size(), layout.align(), new_size) }

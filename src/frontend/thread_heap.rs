@@ -7,6 +7,8 @@ use super::table::{free_index, new_table, table_for, DROP_AT_LEAST, EMPTY_TABLE,
 use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
 use core::cell::Cell;
+use crate::objects::slab::{Slab, KIND_SMALL};
+use crate::sync::Ordering;
 use core::ptr::null_mut;
 
 #[repr(C)]
@@ -226,5 +228,24 @@ pub fn pools_lock(on: bool) {
     } else {
         TABLES.unlock();
         HEAPS.unlock();
+    }
+}
+
+/// Whether objects allocated now by this thread go where `s`'s objects are charged: `s` is a
+/// small-object slab of this thread, of its current table (so a realloc need not look up the
+/// origin).
+///
+/// # Safety
+/// `s` describes a live object of ours.
+#[inline]
+pub unsafe fn charges_current_scope(s: *const Slab) -> bool {
+    let heap = tls_heap();
+    // SAFETY: s is live (the contract); its table is read only when this thread owns the slab
+    // (this thread wrote it), and then it is a live table of this thread.
+    unsafe {
+        (*s).kind == KIND_SMALL
+            && !heap.is_null()
+            && (*s).owner.load(Ordering::Relaxed) == heap as usize
+            && super::table::owner_table(s) == tls_table()
     }
 }
