@@ -301,6 +301,142 @@ fn realloc_within_a_scope_keeps_figures_exact_and_contents() {
     assert_empty(&scope);
 }
 
+/// Reallocates `o` to `new_size` bytes from the calling thread's current scope; the new block
+/// keeps `o`'s alignment. Aborts if refused (callers stay far from any limit).
+fn realloc_obj(o: Obj, new_size: usize) -> Obj {
+    // SAFETY: o is live with o.layout; new_size > 0.
+    let q = unsafe { realloc(o.ptr(), o.layout, new_size) };
+    if q.is_null() {
+        std::process::abort();
+    }
+    Obj {
+        addr: q as usize,
+        layout: Layout::from_size_align(new_size, o.layout.align()).unwrap(),
+        // SAFETY: q comes from scopealloc.
+        usable: unsafe { usable_size(q) },
+    }
+}
+
+/// (old size, new size) pairs that move the block: small to small of another class, small to
+/// large, large to large, large to huge, huge to small.
+const MOVES: &[(usize, usize)] = &[
+    (100, 3000),
+    (2000, 40 * KIB),
+    (40 * KIB, 300 * KIB),
+    (300 * KIB, 3 * MIB),
+    (3 * MIB, 64),
+];
+
+#[test]
+fn realloc_from_another_scope_keeps_the_blocks_origin() {
+    for &(from, to) in MOVES {
+        let origin = fresh("realloc-origin");
+        let other = fresh("realloc-other");
+        let o = alloc_in(&origin, &[from])[0];
+        // SAFETY: o has `from` bytes.
+        unsafe { o.ptr().write_bytes(0x5C, from) };
+        let mut moved = None;
+        other.run(|| moved = Some(realloc_obj(o, to)));
+        let moved = moved.unwrap();
+        assert_ne!(moved.addr, o.addr, "{from} -> {to} did not move");
+        // SAFETY: the block keeps min(from, to) bytes of its contents.
+        let kept = unsafe { std::slice::from_raw_parts(moved.ptr(), from.min(to)) };
+        assert!(
+            kept.iter().all(|&b| b == 0x5C),
+            "{from} -> {to}: contents lost"
+        );
+        assert_live(&origin, moved.usable as u64, 1);
+        assert_empty(&other);
+        assert_eq!(
+            other.stats().allocs,
+            0,
+            "{from} -> {to}: charged to the caller's scope"
+        );
+        free(moved);
+        assert_empty(&origin);
+    }
+}
+
+#[test]
+fn vec_growing_in_another_scope_stays_charged_to_its_origin() {
+    let origin = fresh("vec-origin");
+    let other = fresh("vec-other");
+    let mut v: Vec<u64> = origin.run(|| Vec::with_capacity(4));
+    v.push(7);
+    other.run(|| v.extend(0..100_000u64));
+    // SAFETY: v's buffer comes from scopealloc.
+    let usable = unsafe { usable_size(v.as_ptr() as *const u8) } as u64;
+    assert_live(&origin, usable, 1);
+    assert_empty(&other);
+    assert_eq!(v[0], 7);
+    assert_eq!(v[100_000], 99_999);
+    drop(v);
+    assert_empty(&origin);
+}
+
+#[test]
+fn realloc_of_another_threads_block_keeps_its_origin() {
+    let origin = fresh("realloc-xthread-origin");
+    let here = fresh("realloc-xthread-here");
+    let o = origin.clone();
+    // The allocating thread stays alive (its slabs are not abandoned) until the realloc is done.
+    let (to_main, objs_rx) = mpsc::channel::<Vec<Obj>>();
+    let (done_tx, done) = mpsc::channel::<()>();
+    let t = thread::spawn(move || {
+        to_main.send(alloc_in(&o, &[100, 2000, 40 * KIB])).unwrap();
+        done.recv().unwrap();
+    });
+    let objs = objs_rx.recv().unwrap();
+    let mut moved = Vec::with_capacity(objs.len());
+    here.run(|| {
+        for (o, to) in objs.into_iter().zip([3000, 40 * KIB, 300 * KIB]) {
+            moved.push(realloc_obj(o, to));
+        }
+    });
+    assert_live(&origin, usable_sum(&moved), 3);
+    assert_empty(&here);
+    done_tx.send(()).unwrap();
+    t.join().unwrap();
+    free_all(moved);
+    assert_empty(&origin);
+}
+
+#[test]
+fn realloc_after_the_origin_closed_charges_the_nearest_open_ancestor() {
+    for &(from, to) in MOVES {
+        let grandparent = fresh("realloc-closed-gp");
+        let parent = grandparent.child("realloc-closed-parent");
+        let child = parent.child("realloc-closed-child");
+        let other = fresh("realloc-closed-other");
+        let o = alloc_in(&child, &[from])[0];
+        // SAFETY: o has `from` bytes.
+        unsafe { o.ptr().write_bytes(0x3E, from) };
+        child.close();
+        let moved = other.run(|| realloc_obj(o, to));
+        // SAFETY: the block keeps min(from, to) bytes of its contents.
+        let kept = unsafe { std::slice::from_raw_parts(moved.ptr(), from.min(to)) };
+        assert!(
+            kept.iter().all(|&b| b == 0x3E),
+            "{from} -> {to}: contents lost"
+        );
+        assert_self(&parent, moved.usable as u64, 1);
+        assert_live(&grandparent, moved.usable as u64, 1);
+        assert_empty(&other);
+        assert_eq!(
+            other.stats().allocs,
+            0,
+            "{from} -> {to}: charged to the caller's scope"
+        );
+        // The ancestor closes too: the next move goes one level further up.
+        parent.close();
+        let again = other.run(|| realloc_obj(moved, from));
+        assert_self(&grandparent, again.usable as u64, 1);
+        assert_empty(&other);
+        free(again);
+        assert_empty(&grandparent);
+    }
+}
+
 // ---------------------------------------------------------------- free returns to the origin
 
 #[test]

@@ -857,6 +857,84 @@ static void test_scopes(void) {
     section("scopes: create, enter/leave, stats, limits, close, release, names, NULL handles", f);
 }
 
+/* A block that realloc moves keeps its origin scope (or, once that closed, the origin's nearest
+ * open ancestor), whatever scope the calling thread is in; from the same thread and from another. */
+struct realloc_arg {
+    void *p;
+    size_t to;
+    scopealloc_scope_t *scope; /* entered around the realloc */
+};
+
+static void *realloc_in_scope(void *argp) {
+    struct realloc_arg *arg = argp;
+    scopealloc_prev_t *prev = scopealloc_enter(arg->scope);
+    arg->p = realloc(arg->p, opaque(arg->to));
+    scopealloc_leave(prev);
+    return NULL;
+}
+
+static void test_realloc_keeps_the_blocks_origin(void) {
+    int f = failed;
+    static const size_t moves[][2] = {{100, 3000}, {2000, 40000}, {40000, 300000}, {300000, 3 << 20}, {3 << 20, 64}};
+    for (size_t i = 0; i < sizeof moves / sizeof moves[0]; i++) {
+        size_t from = moves[i][0], to = moves[i][1];
+        scopealloc_scope_t *origin = scopealloc_scope_new(NULL, "realloc-origin");
+        scopealloc_scope_t *other = scopealloc_scope_new(NULL, "realloc-other");
+        scopealloc_prev_t *prev = scopealloc_enter(origin);
+        void *p = malloc(opaque(from));
+        scopealloc_leave(prev);
+        memset(p, 0x5c, from);
+
+        /* From this thread, inside another scope. */
+        prev = scopealloc_enter(other);
+        void *q = realloc(p, opaque(to));
+        scopealloc_leave(prev);
+        CHECK(q != NULL && q != p && all_bytes(q, 0x5c, from < to ? from : to), "%zu -> %zu moved, contents kept", from, to);
+        struct scopealloc_stats os = stats_of(origin), xs = stats_of(other);
+        CHECK(os.objects == 1 && os.bytes == malloc_usable_size(q), "%zu -> %zu: origin has the new block: %llu objects %llu bytes, usable %zu",
+              from, to, (unsigned long long)os.objects, (unsigned long long)os.bytes, malloc_usable_size(q));
+        CHECK(xs.objects == 0 && xs.bytes == 0 && xs.allocs == 0, "%zu -> %zu: nothing charged to the caller's scope: %llu allocs", from, to,
+              (unsigned long long)xs.allocs);
+
+        /* From another thread, inside another scope, back to the first size. */
+        struct realloc_arg arg = {.p = q, .to = from, .scope = other};
+        pthread_t t;
+        pthread_create(&t, NULL, realloc_in_scope, &arg);
+        pthread_join(t, NULL);
+        os = stats_of(origin);
+        xs = stats_of(other);
+        CHECK(arg.p != NULL && all_bytes(arg.p, 0x5c, from), "%zu -> %zu -> %zu from another thread keeps contents", from, to, from);
+        CHECK(os.objects == 1 && arg.p && os.bytes == malloc_usable_size(arg.p), "%zu -> %zu from another thread: origin has it: %llu bytes",
+              to, from, (unsigned long long)os.bytes);
+        CHECK(xs.allocs == 0, "%zu -> %zu from another thread: nothing charged to its scope", to, from);
+
+        /* After the origin closed: the nearest open ancestor. */
+        scopealloc_scope_t *child = scopealloc_scope_new(origin, "realloc-child");
+        prev = scopealloc_enter(child);
+        void *c = malloc(opaque(from));
+        scopealloc_leave(prev);
+        memset(c, 0x3e, from);
+        scopealloc_close(child);
+        prev = scopealloc_enter(other);
+        void *d = realloc(c, opaque(to));
+        scopealloc_leave(prev);
+        os = stats_of(origin);
+        CHECK(d != NULL && all_bytes(d, 0x3e, from < to ? from : to), "%zu -> %zu after close keeps contents", from, to);
+        CHECK(d && os.self_objects == 2 && os.self_bytes == malloc_usable_size(arg.p) + malloc_usable_size(d),
+              "%zu -> %zu after the origin closed: charged to its parent: %llu objects %llu bytes", from, to,
+              (unsigned long long)os.self_objects, (unsigned long long)os.self_bytes);
+        CHECK(stats_of(other).allocs == 0, "%zu -> %zu after close: nothing charged to the caller's scope", from, to);
+        free(d);
+        free(arg.p);
+        os = stats_of(origin);
+        CHECK(os.objects == 0 && os.bytes == 0, "all freed from the origin: %llu objects", (unsigned long long)os.objects);
+        scopealloc_scope_release(child);
+        scopealloc_scope_release(other);
+        scopealloc_scope_release(origin);
+    }
+    section("realloc keeps the block's origin scope, also after the origin closed", f);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Child modes (re-executed with options in the environment).                                 */
 
@@ -974,6 +1052,7 @@ int main(int argc, char **argv) {
     RUN(test_check_mode);
     RUN(test_options);
     RUN(test_scopes);
+    RUN(test_realloc_keeps_the_blocks_origin);
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
