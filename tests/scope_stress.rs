@@ -896,3 +896,242 @@ fn hundred_thousand_scopes_opened_used_and_closed_release_their_memory() {
         "RSS grew from {rss_start} to {rss_end} bytes (> 5 %)"
     );
 }
+
+// ------------------------------------------------------------ threads filling one limit at once
+
+/// The documented early-refusal bound per *other* thread that allocated in the scope: the most
+/// its stock can hold (README, "Limits"; `heap::STOCK_HIGH`).
+const STOCK_BOUND: u64 = 128 * KIB as u64;
+
+/// Request sizes whose usable size is the request itself (checked at start), so that the test's
+/// own tallies, kept before and after each call, are exact in usable bytes.
+const EXACT_SIZES: &[usize] = &[64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+
+/// Shared by the filling threads and the watcher. `lower` counts the usable bytes of blocks
+/// returned (added after the call), `upper` adds the requests under way (added before the call,
+/// removed on a refusal): `lower <= live <= upper` at every instant, since nothing is freed
+/// while filling.
+struct Tally {
+    lower: AtomicU64,
+    upper: AtomicU64,
+    /// Odd while round `(epoch + 1) / 2` is filling; even otherwise.
+    epoch: AtomicU64,
+    samples: AtomicU64,
+    /// Samples taken while filling with live bytes strictly between 0 and the limit.
+    mid_fill_samples: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// What one filling thread saw at its refusal in one round (no allocation inside the scope: the
+/// record is preallocated and asserted on by the main thread).
+#[derive(Clone, Copy, Debug, Default)]
+struct Refusal {
+    refused: bool,
+    /// `upper` read after the refusal, less this thread's own request: at least the live bytes
+    /// when the allocator decided.
+    live_at_most: u64,
+    size: u64,
+    objects: usize,
+    /// The watcher did not sample for 30 s while this thread waited for it.
+    watcher_stalled: bool,
+}
+
+#[test]
+fn threads_filling_one_limit_never_pass_it_and_are_refused_no_earlier_than_the_stock_bound() {
+    let _serial = one_at_a_time();
+    let threads = env_u64("SCOPE_LIMIT_THREADS", 4).max(2) as usize;
+    let limit = env_u64("SCOPE_LIMIT_MIB", 8).max(1) * MIB as u64;
+    let rounds = env_u64("SCOPE_LIMIT_ROUNDS", 4).max(1) as usize;
+    let seed = seed();
+    eprintln!("limit fill: {threads} threads, limit {limit} B, {rounds} rounds");
+    for &size in EXACT_SIZES {
+        // SAFETY: non-zero size; freed at once.
+        unsafe {
+            let p = alloc(Layout::from_size_align(size, 8).unwrap());
+            assert_eq!(
+                usable_size(p),
+                size,
+                "the test assumes {size} B is a size class"
+            );
+            dealloc(p, Layout::from_size_align(size, 8).unwrap());
+        }
+    }
+    let scope = Scope::root().child("limit-fill");
+    scope.set_limit(Some(limit as usize));
+    let tally = Arc::new(Tally {
+        lower: AtomicU64::new(0),
+        upper: AtomicU64::new(0),
+        epoch: AtomicU64::new(0),
+        samples: AtomicU64::new(0),
+        mid_fill_samples: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let start = Arc::new(std::sync::Barrier::new(threads + 1));
+
+    // The watcher: in the root scope, samples as fast as it can.
+    let watcher = {
+        let (tally, scope) = (tally.clone(), scope.clone());
+        thread::spawn(move || {
+            while !tally.stop.load(Ordering::SeqCst) {
+                let e1 = tally.epoch.load(Ordering::SeqCst);
+                let lower = tally.lower.load(Ordering::SeqCst);
+                let st = scope.stats();
+                let upper = tally.upper.load(Ordering::SeqCst);
+                let e2 = tally.epoch.load(Ordering::SeqCst);
+                assert!(
+                    lower <= limit,
+                    "seed {seed}: {lower} live bytes returned by the allocator, limit {limit}"
+                );
+                assert!(
+                    st.bytes <= limit && st.charged_bytes <= limit,
+                    "seed {seed}: the scope's figures pass its limit {limit}: {st:?}"
+                );
+                // Summed while threads allocate, a slab's `used` may be read newer than its
+                // `allocs`: frees must not wrap around.
+                assert!(
+                    st.frees <= st.allocs,
+                    "seed {seed}: frees past allocs: {st:?}"
+                );
+                if e1 == e2 && e1 % 2 == 1 {
+                    // Filling, nothing freed: the allocator's sum lies between the tallies.
+                    assert!(
+                        lower <= st.bytes && st.bytes <= upper,
+                        "seed {seed}: scope bytes {} outside the test's tally [{lower}, {upper}]",
+                        st.bytes
+                    );
+                    if lower > 0 && upper < limit {
+                        tally.mid_fill_samples.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tally.samples.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+
+    let fillers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (tally, scope, start) = (tally.clone(), scope.clone(), start.clone());
+            thread::spawn(move || {
+                let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                // Reserved in the root scope: nothing but the measured blocks is allocated
+                // inside the limited scope.
+                let cap = (2 * limit as usize) / EXACT_SIZES[0] + 1;
+                let mut blocks: Vec<(usize, usize)> = Vec::with_capacity(cap);
+                let mut seen: Vec<Refusal> = Vec::with_capacity(rounds);
+                for _ in 0..rounds {
+                    let mut r = Refusal::default();
+                    start.wait();
+                    scope.run(|| {
+                        while blocks.len() < cap {
+                            if blocks.len() % 64 == 63 {
+                                // Let the watcher take a sample in the middle of the fill.
+                                let s = tally.samples.load(Ordering::SeqCst);
+                                let deadline = Instant::now() + Duration::from_secs(30);
+                                while tally.samples.load(Ordering::SeqCst) == s {
+                                    if Instant::now() > deadline {
+                                        r.watcher_stalled = true;
+                                        return;
+                                    }
+                                    thread::yield_now();
+                                }
+                            }
+                            let size = EXACT_SIZES[rng.below(EXACT_SIZES.len())];
+                            tally.upper.fetch_add(size as u64, Ordering::SeqCst);
+                            // SAFETY: non-zero size.
+                            let p = unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) };
+                            if p.is_null() {
+                                r.refused = true;
+                                r.live_at_most = tally.upper.load(Ordering::SeqCst) - size as u64;
+                                r.size = size as u64;
+                                tally.upper.fetch_sub(size as u64, Ordering::SeqCst);
+                                return;
+                            }
+                            tally.lower.fetch_add(size as u64, Ordering::SeqCst);
+                            blocks.push((p as usize, size));
+                        }
+                    });
+                    r.objects = blocks.len();
+                    seen.push(r);
+                    start.wait(); // filled
+                    start.wait(); // checked by the main thread
+                    for (p, size) in blocks.drain(..) {
+                        tally.lower.fetch_sub(size as u64, Ordering::SeqCst);
+                        // SAFETY: each block is live with this layout and freed once.
+                        unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+                        tally.upper.fetch_sub(size as u64, Ordering::SeqCst);
+                    }
+                    start.wait(); // freed
+                }
+                seen
+            })
+        })
+        .collect();
+
+    for round in 0..rounds {
+        tally.epoch.fetch_add(1, Ordering::SeqCst);
+        let mid_before = tally.mid_fill_samples.load(Ordering::SeqCst);
+        start.wait();
+        start.wait(); // every thread was refused (or gave up)
+        tally.epoch.fetch_add(1, Ordering::SeqCst);
+        let live = tally.lower.load(Ordering::SeqCst);
+        assert_eq!(
+            live,
+            tally.upper.load(Ordering::SeqCst),
+            "seed {seed}: tallies disagree at rest"
+        );
+        let st = scope.stats();
+        assert_eq!(
+            st.bytes, live,
+            "seed {seed}, round {round}: figures at rest are not exact: {st:?}"
+        );
+        assert!(
+            st.bytes <= limit && st.charged_bytes <= limit,
+            "seed {seed}: {st:?}"
+        );
+        assert!(
+            st.charged_bytes - st.bytes <= threads as u64 * STOCK_BOUND,
+            "seed {seed}, round {round}: stocks hold more than {STOCK_BOUND} B per thread: {st:?}"
+        );
+        let mid = tally.mid_fill_samples.load(Ordering::SeqCst) - mid_before;
+        assert!(
+            mid > 0,
+            "seed {seed}, round {round}: the watcher never sampled mid-fill"
+        );
+        eprintln!("round {round}: {live} live bytes at rest, {mid} mid-fill samples, {st:?}");
+        start.wait(); // let them free
+        start.wait();
+        let st = scope.stats();
+        assert_eq!(
+            (st.bytes, st.objects),
+            (0, 0),
+            "seed {seed}, round {round}: {st:?}"
+        );
+    }
+    tally.stop.store(true, Ordering::SeqCst);
+    let seen: Vec<Vec<Refusal>> = fillers.into_iter().map(|h| h.join().unwrap()).collect();
+    watcher
+        .join()
+        .expect("the watcher found live bytes past the limit");
+    let slack = (threads as u64 - 1) * STOCK_BOUND;
+    for (t, rs) in seen.iter().enumerate() {
+        for (round, r) in rs.iter().enumerate() {
+            assert!(
+                !r.watcher_stalled,
+                "seed {seed}: the watcher stalled: thread {t} round {round}"
+            );
+            assert!(
+                r.refused,
+                "seed {seed}: thread {t} was never refused in round {round}: {r:?}"
+            );
+            assert!(
+                r.live_at_most + r.size + slack > limit,
+                "seed {seed}: thread {t}, round {round}: refused {} B with at most {} live bytes, \
+                 limit {limit}, bound {slack} B ({} other threads' stocks): {r:?}",
+                r.size,
+                r.live_at_most,
+                threads - 1
+            );
+        }
+    }
+    assert_eq!(scope.stats().limit_hits, (threads * rounds) as u64);
+}
