@@ -11,7 +11,7 @@ use common::{pattern_table, Rng, CHUNK, PERIOD};
 use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -619,29 +619,33 @@ fn many_threads_run_collection_workloads_at_once() {
 fn forked_child_allocates_while_parent_thread_was_allocating() {
     let _s = shared();
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
     let busy = {
-        let stop = stop.clone();
+        let (stop, rounds) = (stop.clone(), rounds.clone());
         thread::spawn(move || {
             let mut rng = Rng(7);
             let mut live: Vec<Vec<u8>> = Vec::new();
-            let mut rounds = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 live.push(vec![1u8; rng.range(1, 300 * KIB)]);
                 if live.len() > 64 {
                     live.swap_remove(rng.range(0, 63));
                 }
-                rounds += 1;
+                rounds.fetch_add(1, Ordering::SeqCst);
             }
-            rounds
         })
     };
-    // Let the busy thread get going, so forks land in the middle of its allocations.
-    thread::sleep(Duration::from_millis(50));
+    let mut overlapped = 0;
     for attempt in 0..20 {
+        // The busy thread is allocating right now, so the fork lands among its allocations.
+        wait_until_moves(&rounds, "the busy thread before a fork");
+        let before = rounds.load(Ordering::SeqCst);
         // SAFETY: the child only calls the allocator, reads and writes its own memory, and
         // leaves with _exit (no destructors, no stdio, no std locks).
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
+        if pid != 0 && rounds.load(Ordering::SeqCst) != before {
+            overlapped += 1;
+        }
         if pid == 0 {
             let mut ok = true;
             for i in 0..2000usize {
@@ -672,34 +676,294 @@ fn forked_child_allocates_while_parent_thread_was_allocating() {
                 libc::_exit(if ok { 0 } else { 1 });
             }
         }
-        // Parent: wait up to 30 s; a child deadlocked on an allocator lock never exits.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut status = 0;
-        loop {
-            // SAFETY: pid is our child; status is a valid out-pointer.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                break;
-            }
-            assert_eq!(r, 0, "waitpid failed");
-            if Instant::now() > deadline {
-                // SAFETY: pid is our child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                stop.store(true, Ordering::Relaxed);
-                panic!("fork attempt {attempt}: child hung (allocator lock held across fork?)");
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
+        // Parent: a child deadlocked on an allocator lock never exits.
+        let status = wait_child(pid, &format!("fork attempt {attempt}"));
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "fork attempt {attempt}: child ended with status {status:#x}"
         );
+        // The parent's allocating thread goes on after the fork (no lock left held).
+        wait_until_moves(&rounds, "the busy thread after a fork");
     }
     stop.store(true, Ordering::Relaxed);
-    assert!(busy.join().unwrap() > 0, "the busy thread never allocated");
+    busy.join().unwrap();
+    assert!(
+        overlapped > 0,
+        "the busy thread allocated across none of the 20 forks"
+    );
+}
+
+/// Waits (without a timed assertion: 60 s is only a hang detector) until `counter` changes.
+fn wait_until_moves(counter: &AtomicU64, what: &str) {
+    let start = counter.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter.load(Ordering::SeqCst) == start {
+        assert!(Instant::now() < deadline, "{what} made no progress in 60 s");
+        thread::yield_now();
+    }
+}
+
+/// Waits up to 30 s for child `pid`; kills it and panics if it hangs (a lock held across fork).
+fn wait_child(pid: libc::pid_t, what: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = 0;
+    loop {
+        // SAFETY: pid is our child; status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return status;
+        }
+        assert_eq!(r, 0, "waitpid failed");
+        if Instant::now() > deadline {
+            // SAFETY: pid is our child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("{what}: child hung (allocator lock held across fork?)");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sizes of the objects the forked child frees: small classes, a large span, a huge mapping.
+const FORK_KEPT_SIZES: &[usize] = &[24, 700, 5000, 40 * KIB, 300 * KIB, 3 * MIB];
+
+/// Allocates one object per size of `FORK_KEPT_SIZES` in `scope`; (address, size) pairs.
+fn alloc_kept(scope: &scopealloc::Scope) -> Vec<(usize, usize)> {
+    let mut v = Vec::with_capacity(FORK_KEPT_SIZES.len());
+    scope.run(|| {
+        for &size in FORK_KEPT_SIZES {
+            // SAFETY: non-zero size.
+            let p = unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) };
+            assert!(!p.is_null());
+            // SAFETY: p has size bytes.
+            unsafe { fill(p, size, size as u64) };
+            v.push((p as usize, size));
+        }
+    });
+    v
+}
+
+/// The forked child's work: checks the parent's figures, uses scopes, frees the parent's
+/// objects. Returns 0, or the number of the first check that failed. Allocates only through
+/// the allocator; no stdio, no std locks, no panics on the paths it takes.
+fn fork_child_checks(kept: &scopealloc::Scope, objs: &[(usize, usize)], expect: (u64, u64)) -> i32 {
+    let usable = |p: usize| unsafe { usable_size(p as *const u8) } as u64;
+    let st = kept.stats();
+    if (st.bytes, st.objects) != expect {
+        return 1;
+    }
+    for &(p, size) in objs {
+        // SAFETY: p is live with size bytes, filled with its pattern.
+        if !unsafe { check_pattern(p as *const u8, size, size as u64) } {
+            return 2;
+        }
+    }
+    // A new scope: create, enter, allocate, stats.
+    let child = kept.child("forked-child");
+    let mut mine = [(0usize, 0usize); 8];
+    let sizes = [16usize, 200, 3000, 20 * KIB, 100 * KIB, 5 * MIB, 64, 1];
+    {
+        let _g = child.enter();
+        for (slot, &size) in mine.iter_mut().zip(&sizes) {
+            // SAFETY: non-zero size.
+            let p = unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) };
+            if p.is_null() {
+                return 3;
+            }
+            // SAFETY: p has size bytes.
+            unsafe { p.write_bytes(0x6B, size) };
+            *slot = (p as usize, size);
+        }
+    }
+    let mine_bytes: u64 = mine.iter().map(|&(p, _)| usable(p)).sum();
+    let cs = child.stats();
+    if (cs.bytes, cs.objects, cs.allocs) != (mine_bytes, 8, 8) {
+        return 4;
+    }
+    let st = kept.stats();
+    if (st.bytes, st.objects) != (expect.0 + mine_bytes, expect.1 + 8) {
+        return 5;
+    }
+    // Free the parent's objects (some from slabs of threads that do not exist here).
+    for &(p, size) in objs {
+        // SAFETY: live, this layout, freed once (in this process).
+        unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+    }
+    let st = kept.stats();
+    if (st.bytes, st.objects, st.self_bytes, st.self_objects) != (mine_bytes, 8, 0, 0) {
+        return 6;
+    }
+    // Close with live objects: they move to the parent; freeing them empties it.
+    child.close();
+    let st = kept.stats();
+    if !child.is_closed() || (st.self_bytes, st.self_objects) != (mine_bytes, 8) {
+        return 7;
+    }
+    for &(p, size) in &mine {
+        // SAFETY: p has size bytes, written above.
+        if unsafe { *(p as *const u8) } != 0x6B || unsafe { *((p + size - 1) as *const u8) } != 0x6B
+        {
+            return 8;
+        }
+        // SAFETY: live, this layout, freed once.
+        unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+    }
+    let st = kept.stats();
+    if (st.bytes, st.objects) != (0, 0) {
+        return 9;
+    }
+    // A limit still works.
+    let limited = kept.child("forked-limited");
+    limited.set_limit(Some(MIB));
+    let refused = limited.run(|| {
+        // SAFETY: non-zero size.
+        let p = unsafe { alloc(Layout::from_size_align(2 * MIB, 8).unwrap()) };
+        p.is_null()
+    });
+    if !refused || limited.stats().limit_hits != 1 || limited.stats().bytes != 0 {
+        return 10;
+    }
+    0
+}
+
+/// Whether `len` bytes at `p` hold the pattern of `tag`.
+unsafe fn check_pattern(p: *const u8, len: usize, tag: u64) -> bool {
+    // SAFETY: the caller's range.
+    (0..len)
+        .step_by(97)
+        .chain([len - 1])
+        .all(|i| unsafe { *p.add(i) } == pattern(tag, i))
+}
+
+#[test]
+fn fork_while_threads_allocate_in_and_close_scopes_leaves_the_child_exact_scopes() {
+    let _s = shared();
+    let seed = std::env::var("FORK_SCOPES_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let threads: usize = std::env::var("FORK_SCOPES_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let forks: usize = std::env::var("FORK_SCOPES_FORKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    eprintln!("fork with scopes: FORK_SCOPES_SEED={seed}, {threads} threads, {forks} forks");
+
+    pattern_table(); // built now, in the root scope, not by the first fill inside `kept`
+    let kept = scopealloc::Scope::root().child("fork-kept");
+    let busy_top = scopealloc::Scope::root().child("fork-busy");
+    let mut objs = alloc_kept(&kept);
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let (kept_tx, kept_rx) = mpsc::channel();
+    let busy: Vec<_> = (0..threads)
+        .map(|t| {
+            let (stop, progress, kept, top, kept_tx) = (
+                stop.clone(),
+                progress.clone(),
+                kept.clone(),
+                busy_top.clone(),
+                kept_tx.clone(),
+            );
+            thread::spawn(move || {
+                // Objects of a thread that is alive (and busy) at fork time, freed by the child.
+                kept_tx.send(alloc_kept(&kept)).unwrap();
+                let mut rng = Rng(seed ^ (t as u64 + 1));
+                let mut survivors: Vec<Vec<u8>> = Vec::with_capacity(64);
+                while !stop.load(Ordering::Relaxed) {
+                    // Create a scope (tree lock), allocate in it (new slabs, large spans: cache
+                    // locks), close it with live objects (tree and cache locks), free some.
+                    let s = top.child("busy");
+                    let inner = s.child("busy-inner");
+                    inner.run(|| {
+                        for _ in 0..8 {
+                            let size = match rng.below(10) {
+                                0 => rng.range(32 * KIB, 400 * KIB),
+                                _ => rng.range(1, 4 * KIB),
+                            };
+                            survivors.push(vec![t as u8; size]);
+                            progress.fetch_add(1, Ordering::SeqCst);
+                        }
+                    });
+                    if rng.chance(50) {
+                        inner.close();
+                    }
+                    s.close();
+                    while survivors.len() > 48 {
+                        let v = survivors.swap_remove(rng.below(survivors.len()));
+                        assert!(v.iter().all(|&b| b == t as u8));
+                    }
+                    progress.fetch_add(1, Ordering::SeqCst);
+                }
+                drop(survivors);
+            })
+        })
+        .collect();
+    drop(kept_tx);
+    for v in kept_rx.iter().take(threads) {
+        objs.extend(v);
+    }
+    let expect_bytes: u64 = objs
+        .iter()
+        // SAFETY: live blocks of scopealloc.
+        .map(|&(p, _)| unsafe { usable_size(p as *const u8) } as u64)
+        .sum();
+    let expect = (expect_bytes, objs.len() as u64);
+    assert_eq!((kept.stats().bytes, kept.stats().objects), expect);
+
+    let mut overlapped = 0;
+    for attempt in 0..forks {
+        wait_until_moves(&progress, "the scope threads before a fork");
+        let before = progress.load(Ordering::SeqCst);
+        // SAFETY: the child runs fork_child_checks, which only uses the allocator and its own
+        // memory, and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = fork_child_checks(&kept, &objs, expect);
+            // SAFETY: _exit runs no destructors and takes no lock.
+            unsafe { libc::_exit(code) };
+        }
+        if progress.load(Ordering::SeqCst) != before {
+            overlapped += 1;
+        }
+        let status = wait_child(pid, &format!("fork attempt {attempt}"));
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "seed {seed}, fork attempt {attempt}: child failed check {} (status {status:#x}; see fork_child_checks)",
+            libc::WEXITSTATUS(status)
+        );
+        wait_until_moves(&progress, "the scope threads after a fork");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in busy {
+        h.join().expect("a scope thread panicked");
+    }
+    eprintln!("{overlapped} of {forks} forks overlapped the scope threads' work");
+    assert!(
+        overlapped > 0,
+        "seed {seed}: the scope threads progressed across none of the {forks} forks"
+    );
+    // The parent's figures are untouched by the children.
+    assert_eq!((kept.stats().bytes, kept.stats().objects), expect);
+    for (p, size) in objs {
+        // SAFETY: live, this layout, freed once.
+        unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+    }
+    assert_eq!((kept.stats().bytes, kept.stats().objects), (0, 0));
 }
 
 /// Disarms the OS-refusal hook even if the test panics.
