@@ -37,7 +37,7 @@ fn tick_round(force: bool) -> bool {
     let decay = DECAY_MS.load(Ordering::Relaxed);
     let now = os::now_ms();
     let mut purge = [(core::ptr::null_mut::<Segment>(), 0u64); TICK_BATCH];
-    let mut unmap = [core::ptr::null_mut::<Segment>(); TICK_BATCH];
+    let mut unmap = [(core::ptr::null_mut::<Segment>(), 0usize); TICK_BATCH];
     let (mut np, mut nu) = (0, 0);
     {
         let mut guard = BACKEND.lock();
@@ -61,17 +61,15 @@ fn tick_round(force: bool) -> bool {
                         // Entirely free, and clean once `old` is purged: unmap it instead.
                         list_remove(&mut st.avail, seg);
                         registry::set(seg, false);
-                        st.dirty_pages -= dirty.count_ones() as usize;
                         let clean = (!HEADER_BIT & !dirty).count_ones() as usize * PAGE_SIZE;
                         os::PURGED.fetch_sub(clean, Ordering::Relaxed);
-                        unmap[nu] = seg;
+                        unmap[nu] = (seg, dirty.count_ones() as usize);
                         nu += 1;
                     } else if old != 0 && np < TICK_BATCH {
                         (*seg).free_mask &= !old;
                         (*seg).purging |= old;
                         (*seg).dirty_old = ((*seg).dirty_old | (*seg).dirty_new) & !old;
                         (*seg).dirty_new = 0;
-                        st.dirty_pages -= old.count_ones() as usize;
                         purge[np] = (seg, old);
                         np += 1;
                     } else {
@@ -87,14 +85,20 @@ fn tick_round(force: bool) -> bool {
         // SAFETY: the pages are reserved (`purging`): free, ours, and nobody can take them.
         unsafe { purge_pages(seg, mask) };
     }
-    for &seg in &unmap[..nu] {
+    for &(seg, _) in &unmap[..nu] {
         // SAFETY: the segment is off every list and out of the registry, and entirely free:
         // nothing refers to it any more.
         unsafe { os::unmap(seg as *mut u8, SEGMENT_SIZE) };
     }
-    if np > 0 {
-        let _st = BACKEND.lock();
+    if np > 0 || nu > 0 {
+        // The pages count as dirty (committed) until the system call has returned them, so that
+        // `heap_stats` never shows them neither cached nor returned.
+        let mut guard = BACKEND.lock();
+        for &(_, dirty) in &unmap[..nu] {
+            guard.dirty_pages -= dirty;
+        }
         for &(seg, mask) in &purge[..np] {
+            guard.dirty_pages -= mask.count_ones() as usize;
             // SAFETY: seg is still on the avail list (a segment with pages being purged is never
             // moved to the full list nor unmapped); we hold the lock.
             unsafe {

@@ -6,9 +6,9 @@ use super::table::{empty_table, Table};
 use super::table::{free_index, new_table, table_for, DROP_AT_LEAST, EMPTY_TABLE, TABLES};
 use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
-use core::cell::Cell;
 use crate::objects::slab::{Slab, KIND_SMALL};
 use crate::sync::Ordering;
+use core::cell::Cell;
 use core::ptr::null_mut;
 
 #[repr(C)]
