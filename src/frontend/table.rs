@@ -17,6 +17,8 @@ pub struct Table {
     pub current: [*mut Slab; NCLASSES],
     /// Bytes charged to `scope` in advance and not yet handed out.
     pub stock: i64,
+    /// The heap whose list holds this table; null once orphaned (kept pinned past its thread's
+    /// heap, see `abandon_heap`).
     pub heap: *mut Heap,
     /// The scope (holds a reference).
     pub scope: *mut ScopeNode,

@@ -124,22 +124,32 @@ unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 }
 
 /// Gives a heap back: every table retired (slabs released or abandoned to their caches, stocks
-/// returned), the heap to the pool.
+/// returned), the unpinned tables and the heap to their pools. A pinned table is kept, orphaned
+/// (`heap` null): a `leave` may still restore it after this (from another library's key
+/// destructor or a C++ `thread_local`), and the last such `leave` frees it.
 pub(super) unsafe fn abandon_heap(h: *mut Heap) {
-    // SAFETY: h is this thread's heap.
+    // SAFETY: h is this thread's complete heap (its root is non-null); its tables are this
+    // thread's, and a table with pins > 0 is not freed (a token of `enter` still refers to it).
     unsafe {
         set_tls_table(empty_table());
+        (*(*h).root).pins -= 1; // the heap's own pin on its root table
         let mut t = (*h).tables;
         while !t.is_null() {
             let next = (*t).next;
             if !(*t).dead {
                 abandon_table(t);
             }
-            scope::node_put((*t).scope);
-            TABLES.free(t);
+            if (*t).pins == 0 {
+                scope::node_put((*t).scope);
+                TABLES.free(t);
+            } else {
+                (*t).heap = null_mut();
+                (*t).next = null_mut();
+            }
             t = next;
         }
         (*h).tables = null_mut();
+        (*h).root = null_mut();
         TLS.with(|s| s.heap.set(null_mut()));
         HEAPS.free(h);
     }
@@ -175,10 +185,19 @@ pub unsafe fn leave(prev: *mut Table) {
     if prev.is_null() {
         return;
     }
-    // SAFETY: prev is pinned, so it was not freed; the empty table is never written.
+    // SAFETY: prev is pinned, so it was not freed (thread exit keeps pinned tables); the empty
+    // table is never written. An orphaned table (`heap` null) is on no heap's list, so when its
+    // last pin goes nothing else refers to it.
     unsafe {
         if prev != empty_table() {
             (*prev).pins -= 1;
+            if (*prev).heap.is_null() && (*prev).pins == 0 {
+                // Its thread's heap was given back: the next allocation makes a new heap.
+                scope::node_put((*prev).scope);
+                TABLES.free(prev);
+                set_tls_table(empty_table());
+                return;
+            }
         }
     }
     set_tls_table(prev);
