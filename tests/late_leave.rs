@@ -66,7 +66,7 @@ fn leaving_a_scope_after_the_thread_exit_destructor_does_not_touch_freed_tables(
         let token = inner2.enter_raw(); // pins the root table
         *LATE.lock().unwrap() = Some(Late { token });
         // SAFETY: key was created above; the value only needs to be non-null.
-        unsafe { libc::pthread_setspecific(key, 1 as *mut libc::c_void) };
+        unsafe { libc::pthread_setspecific(key, std::ptr::dangling_mut::<libc::c_void>()) };
     });
     while READY.load(Ordering::Acquire) == 0 {
         thread::yield_now();
