@@ -46,6 +46,19 @@ pub(super) static EMPTY_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
     next: null_mut(),
 }));
 
+/// The table of a thread whose scope's table could not be made (see `thread_heap::enter`): like
+/// the empty table, never written, so every allocation takes the slow path, which retries.
+pub(super) static REFUSED_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
+    current: [EMPTY_SLAB.0.get(); NCLASSES],
+    stock: 0,
+    heap: null_mut(),
+    scope: null_mut(),
+    lists: [null_mut(); NCLASSES],
+    pins: 0,
+    dead: false,
+    next: null_mut(),
+}));
+
 impl EmptyTable {
     /// The empty table's address.
     pub(super) const fn get(&self) -> *mut Table {
@@ -102,7 +115,8 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
 }
 
 /// The heap's table for the nearest open scope at or above `s`, created on first use; tables of
-/// closed scopes met on the way are retired and, when unpinned, freed.
+/// closed scopes met on the way are retired and, when unpinned, freed. Null when a new table is
+/// needed and the metadata pool cannot grow.
 pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
     let target = scope::nearest_live(s);
     // SAFETY: h is this thread's heap.
@@ -137,11 +151,8 @@ pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
             }
             t = next;
         }
-        let t = new_table(h, target);
-        if t.is_null() {
-            return (*h).root;
-        }
-        t
+        // Null when the pool cannot grow: the caller refuses rather than allocate elsewhere.
+        new_table(h, target)
     }
 }
 
