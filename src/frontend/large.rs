@@ -7,31 +7,15 @@
 //! ```
 
 use super::refill::drain_stocks_except;
-use super::table::empty_table;
-use super::thread_heap::{tls_heap, tls_table};
+use super::thread_heap::{current_scope, tls_heap};
 use crate::backend::huge::{self, OS_PAGE};
 use crate::backend::segment::{segment_of, LARGE_MAX, PAGE_SIZE};
 use crate::backend::span;
 use crate::objects::cache::{self, CacheLookup};
-use crate::objects::scope::{self, ScopeNode};
 use crate::objects::size_class::LARGE_CLASS;
 use crate::objects::slab::{free_slab_span, slab_at, Slab, KIND_HUGE, KIND_LARGE, OWNER_LARGE};
 use crate::sync::Ordering;
 use core::ptr::null_mut;
-
-/// The scope the calling thread allocates in (no heap needed for large objects).
-fn current_scope() -> *mut ScopeNode {
-    let t = tls_table();
-    // SAFETY: the TLS table is the empty table or a live table of this thread, whose scope it
-    // holds a reference on.
-    unsafe {
-        if t == empty_table() || (*t).scope.is_null() {
-            scope::root()
-        } else {
-            scope::nearest_live((*t).scope)
-        }
-    }
-}
 
 /// Maps the memory of a large (span) or huge (own mapping) object and sets up its descriptor;
 /// null when the OS refuses.

@@ -8,11 +8,13 @@ use super::table::{as_owner, owner_table};
 use super::table::{empty_slab, empty_table, Table};
 use super::table::{list_move_to_tail, list_push, table_for};
 use super::thread_heap::heap_or_init;
-use super::thread_heap::{set_tls_table, tls_table, Heap};
+use super::thread_heap::refused_table;
+use super::thread_heap::{set_refused, set_tls_table, take_refused, tls_table, Heap};
 use crate::accounting::stock;
 use crate::backend::segment::PAGE_SIZE;
 use crate::backend::span;
 use crate::objects::cache::{self, CacheLookup};
+use crate::objects::scope;
 use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{slab_at, Slab, KIND_SMALL};
 use crate::sync::remote::remote_is_empty;
@@ -40,6 +42,9 @@ pub(super) fn alloc_slow(class: usize) -> *mut u8 {
         let size = SIZES[class] as i64;
         loop {
             let t = current_table(heap);
+            if t.is_null() {
+                return null_mut(); // no table for the thread's scope: refused, not elsewhere
+            }
             if (*t).stock < size && !refill(heap, t, size) {
                 return null_mut();
             }
@@ -53,10 +58,23 @@ pub(super) fn alloc_slow(class: usize) -> *mut u8 {
 }
 
 /// The thread's table to allocate in, after following closed scopes to their open ancestor.
+/// Null when the thread's scope has no table and none can be made (metadata exhausted).
 pub(super) unsafe fn current_table(heap: *mut Heap) -> *mut Table {
-    // SAFETY: heap and its tables are this thread's.
+    // SAFETY: heap and its tables are this thread's; the refused state holds a reference on its
+    // scope until it is given up here or by `leave`.
     unsafe {
         let mut t = tls_table();
+        if t == refused_table() {
+            let s = take_refused();
+            let nt = table_for(heap, s);
+            if nt.is_null() {
+                set_refused(s); // still refused: the reference stays with the thread
+                return null_mut();
+            }
+            scope::node_put(s);
+            set_tls_table(nt);
+            t = nt;
+        }
         if t == empty_table() {
             t = (*heap).root;
             set_tls_table(t);

@@ -33,6 +33,8 @@ pub struct Table {
     pub current: [*mut Slab; NCLASSES],
     /// Bytes charged to `scope` in advance and not yet handed out.
     pub stock: i64,
+    /// The heap whose list holds this table; null once orphaned (kept pinned past its thread's
+    /// heap, see `abandon_heap`).
     pub heap: *mut Heap,
     /// The scope (holds a reference).
     pub scope: *mut ScopeNode,
@@ -53,6 +55,20 @@ pub(super) struct EmptyTable(UnsafeCell<Table>);
 // would write it first takes the slow path, which replaces it.
 unsafe impl Sync for EmptyTable {}
 pub(super) static EMPTY_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
+    current: [EMPTY_SLAB.0.get(); NCLASSES],
+    stock: 0,
+    heap: null_mut(),
+    scope: null_mut(),
+    lists: [null_mut(); NCLASSES],
+    pins: 0,
+    dead: false,
+    next: null_mut(),
+    hnext: null_mut(),
+}));
+
+/// The table of a thread whose scope's table could not be made (see `thread_heap::enter`): like
+/// the empty table, never written, so every allocation takes the slow path, which retries.
+pub(super) static REFUSED_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
     current: [EMPTY_SLAB.0.get(); NCLASSES],
     stock: 0,
     heap: null_mut(),
@@ -305,11 +321,8 @@ pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
         if (*h).ntables >= (*h).drop_at {
             drop_closed(h);
         }
-        let t = new_table(h, target);
-        if t.is_null() {
-            return (*h).root;
-        }
-        t
+        // Null when the pool cannot grow: the caller refuses rather than allocate elsewhere.
+        new_table(h, target)
     }
 }
 

@@ -3,7 +3,9 @@
 
 use super::abandon::abandon_table;
 use super::table::{empty_table, Table};
-use super::table::{free_index, new_table, table_for, DROP_AT_LEAST, EMPTY_TABLE, TABLES};
+use super::table::{
+    free_index, new_table, table_for, DROP_AT_LEAST, EMPTY_TABLE, REFUSED_TABLE, TABLES,
+};
 use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
 use crate::objects::slab::{Slab, KIND_SMALL};
@@ -32,6 +34,8 @@ pub(super) static HEAPS: Pool<Heap> = Pool::new();
 struct ThreadState {
     table: Cell<*mut Table>,
     heap: Cell<*mut Heap>,
+    /// While `table` is the refused table: the scope entered (a reference held), else null.
+    refused: Cell<*mut ScopeNode>,
 }
 
 thread_local! {
@@ -39,6 +43,7 @@ thread_local! {
         ThreadState {
             table: Cell::new(EMPTY_TABLE.get()),
             heap: Cell::new(null_mut()),
+            refused: Cell::new(null_mut()),
         }
     };
 }
@@ -51,6 +56,21 @@ pub(super) fn tls_table() -> *mut Table {
 #[inline(always)]
 pub(super) fn tls_heap() -> *mut Heap {
     TLS.with(|t| t.heap.get())
+}
+
+pub(super) fn refused_table() -> *mut Table {
+    REFUSED_TABLE.get()
+}
+
+/// The scope a refused thread entered (a reference moves to the caller), or null.
+pub(super) fn take_refused() -> *mut ScopeNode {
+    TLS.with(|s| s.refused.replace(null_mut()))
+}
+
+/// Makes the refused table current, for scope `s` (whose reference moves to the thread).
+pub(super) fn set_refused(s: *mut ScopeNode) {
+    TLS.with(|t| t.refused.set(s));
+    set_tls_table(refused_table());
 }
 
 pub(super) fn set_tls_table(t: *mut Table) {
@@ -139,24 +159,37 @@ unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 }
 
 /// Gives a heap back: every table retired (slabs released or abandoned to their caches, stocks
-/// returned), the heap to the pool.
+/// returned), the unpinned tables and the heap to their pools. A pinned table is kept, orphaned
+/// (`heap` null): a `leave` may still restore it after this (from another library's key
+/// destructor or a C++ `thread_local`), and the last such `leave` frees it.
 pub(super) unsafe fn abandon_heap(h: *mut Heap) {
-    // SAFETY: h is this thread's heap.
+    // SAFETY: h is this thread's complete heap (its root is non-null); its tables are this
+    // thread's, and a table with pins > 0 is not freed (a token of `enter` still refers to it).
     unsafe {
+        if tls_table() == refused_table() {
+            scope::node_put(take_refused());
+        }
         set_tls_table(empty_table());
+        (*(*h).root).pins -= 1; // the heap's own pin on its root table
         let mut t = (*h).tables;
         while !t.is_null() {
             let next = (*t).next;
             if !(*t).dead {
                 abandon_table(t);
             }
-            scope::node_put((*t).scope);
-            TABLES.free(t);
+            if (*t).pins == 0 {
+                scope::node_put((*t).scope);
+                TABLES.free(t);
+            } else {
+                (*t).heap = null_mut();
+                (*t).next = null_mut();
+            }
             t = next;
         }
         (*h).tables = null_mut();
         (*h).ntables = 0;
         free_index(h);
+        (*h).root = null_mut();
         TLS.with(|s| s.heap.set(null_mut()));
         HEAPS.free(h);
     }
@@ -165,26 +198,39 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
 // ---------------------------------------------------------------------------------------------
 // Scope entry for the public API.
 
-/// Makes the table of `s` current; returns the previous table (pinned), or null if the heap
-/// could not be created.
+/// Makes the table of `s` current; returns a token for `leave`: the previous table (pinned), or
+/// the refused scope tagged with bit 0 when the thread was refused; null if the heap could not
+/// be created. When no table can be made for `s`, the refused table is made current: the thread
+/// is in `s` but every allocation retries the table and is refused until it can be made.
 pub fn enter(s: *mut ScopeNode) -> *mut Table {
     let h = heap_or_init();
     if h.is_null() {
         return null_mut();
     }
-    // SAFETY: h is this thread's heap.
+    // SAFETY: h is this thread's heap; prev is the empty, the refused or a live table of this
+    // thread; scope nodes are at least 2-aligned, so bit 0 of a tagged token is free.
     unsafe {
         let prev = tls_table();
         let t = table_for(h, s);
-        if prev != empty_table() {
-            (*prev).pins += 1;
+        let token = if prev == refused_table() {
+            (take_refused() as usize | 1) as *mut Table
+        } else {
+            if prev != empty_table() {
+                (*prev).pins += 1;
+            }
+            prev
+        };
+        if t.is_null() {
+            scope::node_get(s);
+            set_refused(s);
+        } else {
+            set_tls_table(t);
         }
-        set_tls_table(t);
-        prev
+        token
     }
 }
 
-/// Restores the table returned by `enter`.
+/// Restores what the token of `enter` names.
 ///
 /// # Safety
 /// `prev` came from `enter` on this thread and is restored once.
@@ -192,10 +238,28 @@ pub unsafe fn leave(prev: *mut Table) {
     if prev.is_null() {
         return;
     }
-    // SAFETY: prev is pinned, so it was not freed; the empty table is never written.
+    if tls_table() == refused_table() {
+        // The refused state holds a reference on its scope, given up here.
+        scope::node_put(take_refused());
+    }
+    if prev as usize & 1 != 0 {
+        // The thread was refused when it entered: the token holds that scope's reference.
+        set_refused((prev as usize & !1) as *mut ScopeNode);
+        return;
+    }
+    // SAFETY: prev is pinned, so it was not freed (thread exit keeps pinned tables); the empty
+    // table is never written. An orphaned table (`heap` null) is on no heap's list, so when its
+    // last pin goes nothing else refers to it.
     unsafe {
         if prev != empty_table() {
             (*prev).pins -= 1;
+            if (*prev).heap.is_null() && (*prev).pins == 0 {
+                // Its thread's heap was given back: the next allocation makes a new heap.
+                scope::node_put((*prev).scope);
+                TABLES.free(prev);
+                set_tls_table(empty_table());
+                return;
+            }
         }
     }
     set_tls_table(prev);
@@ -205,6 +269,10 @@ pub unsafe fn leave(prev: *mut Table) {
 /// ancestor when its scope was closed.
 pub fn current_scope() -> *mut ScopeNode {
     let t = tls_table();
+    if t == refused_table() {
+        // The refused state holds a reference on its scope.
+        return scope::nearest_live(TLS.with(|s| s.refused.get()));
+    }
     // SAFETY: the TLS table is empty or live.
     unsafe {
         if t == empty_table() || (*t).scope.is_null() {
