@@ -12,8 +12,10 @@ use super::segment::{Segment, SEGMENT_SIZE};
 use crate::platform::os;
 use crate::sync::{AtomicUsize, Ordering, SpinLock};
 
-/// Granularity of huge mappings.
-pub const OS_PAGE: usize = 4096;
+/// Granularity of huge mappings and of their usable size: the OS page.
+pub fn granule() -> usize {
+    os::page_size()
+}
 
 /// Bytes in huge mappings handed out.
 static HUGE_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -34,15 +36,16 @@ pub struct Huge {
 /// Maps a huge object of `size` bytes aligned to `align` (a power of two). None when the OS
 /// refuses or the size overflows.
 pub fn alloc_huge(size: usize, align: usize) -> Option<Huge> {
-    let hdr = core::mem::size_of::<Segment>().div_ceil(OS_PAGE) * OS_PAGE;
+    let page = granule();
+    let hdr = core::mem::size_of::<Segment>().div_ceil(page) * page;
     let (offset, map_align) = if align < SEGMENT_SIZE {
         ((hdr + align - 1) & !(align - 1), SEGMENT_SIZE)
     } else {
         (SEGMENT_SIZE, align)
     };
     let len = size
-        .checked_add(offset + OS_PAGE - 1)
-        .map(|l| l & !(OS_PAGE - 1))?;
+        .checked_add(offset + page - 1)
+        .map(|l| l & !(page - 1))?;
     // A mapping freed a moment ago serves first (no system call, no page faults); then, for
     // align >= SEGMENT_SIZE the object must sit at base + SEGMENT_SIZE, aligned: map aligned to
     // `align` one segment early.

@@ -18,9 +18,13 @@ use core::mem::size_of;
 
 /// Bytes mapped per chunk (and its alignment, so an item finds its chunk by masking).
 const CHUNK_BYTES: usize = 1 << 20;
-/// The header page: chunk links and the free bitmap.
-const HEADER_BYTES: usize = 4096;
-const OS_PAGE: usize = 4096;
+/// The header: chunk links and the free bitmap, alone on its first OS page(s) so that `trim`
+/// never purges it (the OS page size is read at run time: 4, 16 or 64 KiB).
+fn header_bytes() -> usize {
+    os::page_size().max(MIN_PAGE)
+}
+/// The smallest OS page; the `purged` bitmap has a bit per page of this size.
+const MIN_PAGE: usize = 4096;
 /// Bitmap words: enough for 64-byte items.
 const WORDS: usize = CHUNK_BYTES / 64 / 64;
 
@@ -32,10 +36,10 @@ struct Chunk {
     /// Bit i set = slot i is free.
     free: [AtomicU64; WORDS],
     /// Bit p set = page p of the chunk was given back by `trim` and not touched since.
-    purged: [u64; CHUNK_BYTES / OS_PAGE / 64],
+    purged: [u64; CHUNK_BYTES / MIN_PAGE / 64],
 }
 
-const _: () = assert!(size_of::<Chunk>() <= HEADER_BYTES);
+const _: () = assert!(size_of::<Chunk>() <= MIN_PAGE);
 
 /// A pool of `T`s. `T` must be valid when all-zero (atomics, raw pointers, integers, bools): fresh
 /// and trimmed items read as zero.
@@ -70,7 +74,7 @@ impl<T> Pool<T> {
     }
 
     fn slot(chunk: *mut Chunk, i: usize) -> *mut T {
-        (chunk as usize + HEADER_BYTES + i * Self::slot_size()) as *mut T
+        (chunk as usize + header_bytes() + i * Self::slot_size()) as *mut T
     }
 
     /// An item: either all-zero or a previously freed `T` with its old field values. Null when the
@@ -102,9 +106,9 @@ impl<T> Pool<T> {
                         (*chunk).free_count -= 1;
                         found = Self::slot(chunk, w * 64 + b);
                         // The slot's pages are committed again from now on.
-                        let lo = (found as usize - chunk as usize) / OS_PAGE;
-                        let hi =
-                            (found as usize + Self::slot_size() - 1 - chunk as usize) / OS_PAGE;
+                        let lo = (found as usize - chunk as usize) / os::page_size();
+                        let hi = (found as usize + Self::slot_size() - 1 - chunk as usize)
+                            / os::page_size();
                         for p in lo..=hi {
                             (*chunk).purged[p / 64] &= !(1 << (p % 64));
                         }
@@ -127,7 +131,7 @@ impl<T> Pool<T> {
         if chunk.is_null() {
             return chunk;
         }
-        let count = ((CHUNK_BYTES - HEADER_BYTES) / Self::slot_size()).min(WORDS * 64);
+        let count = ((CHUNK_BYTES - header_bytes()) / Self::slot_size()).min(WORDS * 64);
         // SAFETY: the chunk is fresh, zeroed and ours.
         unsafe {
             (*chunk).count = count;
@@ -147,7 +151,7 @@ impl<T> Pool<T> {
     /// `item` came from `alloc` of this pool and is not freed twice.
     pub unsafe fn free(&self, item: *mut T) {
         let chunk = (item as usize & !(CHUNK_BYTES - 1)) as *mut Chunk;
-        let i = (item as usize - chunk as usize - HEADER_BYTES) / Self::slot_size();
+        let i = (item as usize - chunk as usize - header_bytes()) / Self::slot_size();
         self.lock.lock();
         // SAFETY: item lies in chunk (chunks are aligned); we hold the lock.
         unsafe {
@@ -189,21 +193,21 @@ impl<T> Pool<T> {
             // SAFETY: chunks are ours; we hold the lock, so no slot changes state meanwhile.
             unsafe {
                 let count = (*chunk).count;
-                let first = chunk as usize + HEADER_BYTES;
+                let first = chunk as usize + header_bytes();
                 let end = first + count * size;
                 let mut page = first;
-                while page + OS_PAGE <= end {
+                while page + os::page_size() <= end {
                     let lo = (page - first) / size;
-                    let hi = ((page + OS_PAGE - 1 - first) / size).min(count - 1);
+                    let hi = ((page + os::page_size() - 1 - first) / size).min(count - 1);
                     let all_free = (lo..=hi).all(|i| {
                         (*chunk).free[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
                     });
-                    let p = (page - chunk as usize) / OS_PAGE;
+                    let p = (page - chunk as usize) / os::page_size();
                     if all_free && (*chunk).purged[p / 64] & (1 << (p % 64)) == 0 {
-                        os::purge(page as *mut u8, OS_PAGE);
+                        os::purge(page as *mut u8, os::page_size());
                         (*chunk).purged[p / 64] |= 1 << (p % 64);
                     }
-                    page += OS_PAGE;
+                    page += os::page_size();
                 }
                 chunk = (*chunk).next;
             }

@@ -3,16 +3,18 @@
 //! touching them.
 
 use super::segment::{Segment, SEGMENT_SHIFT};
+use crate::platform::os::ADDRESS_BITS;
 use crate::sync::{AtomicU64, Ordering};
 
-const ADDRESS_BITS: usize = 48;
-const REGISTRY_WORDS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT - 6);
+const REGISTRY_WORDS: usize = 1 << (ADDRESS_BITS as usize - SEGMENT_SHIFT - 6);
 /// One bit per 4 MiB region of the address space: set while a segment of ours starts there.
 static REGISTRY: [AtomicU64; REGISTRY_WORDS] = [const { AtomicU64::new(0) }; REGISTRY_WORDS];
 
 /// Marks `seg` as ours (or no longer ours).
 pub fn set(seg: *mut Segment, on: bool) {
     let idx = seg as usize >> SEGMENT_SHIFT;
+    // `os::map_aligned` refuses mappings above ADDRESS_BITS, so every segment has a bit.
+    debug_assert!(idx / 64 < REGISTRY_WORDS);
     if idx / 64 >= REGISTRY_WORDS {
         return;
     }

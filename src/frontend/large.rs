@@ -8,7 +8,7 @@
 
 use super::refill::drain_stocks_except;
 use super::thread_heap::{current_scope, tls_heap};
-use crate::backend::huge::{self, OS_PAGE};
+use crate::backend::huge;
 use crate::backend::segment::{segment_of, LARGE_MAX, PAGE_SIZE};
 use crate::backend::span;
 use crate::objects::cache::{self, CacheLookup};
@@ -48,7 +48,7 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
             (*sl).kind = KIND_HUGE;
             (*sl).start = h.start;
             (*sl).block_size = 0;
-            (*sl).npages = (h.usable / OS_PAGE) as u32;
+            (*sl).npages = (h.usable / huge::granule()) as u32;
             (*sl).zeroed = h.fresh;
             (*sl).used.store(1, Ordering::Relaxed);
             sl
@@ -63,9 +63,10 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
     let usable = if in_segment {
         size.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE
     } else {
-        match size.checked_add(OS_PAGE - 1) {
-            Some(s) => s & !(OS_PAGE - 1),
-            None => return null_mut(),
+        match crate::platform::os::round_to_pages(size) {
+            // The descriptor counts a huge object's pages in a u32.
+            Some(s) if s / huge::granule() <= u32::MAX as usize => s,
+            _ => return null_mut(),
         }
     };
     let heap = tls_heap();
@@ -127,7 +128,7 @@ pub unsafe fn large_usable(s: *const Slab) -> usize {
     // SAFETY: s is a live large or huge descriptor (the contract): its fields are set.
     unsafe {
         if (*s).kind == KIND_HUGE {
-            (*s).npages as usize * OS_PAGE
+            (*s).npages as usize * huge::granule()
         } else {
             (*s).block_size as usize
         }

@@ -14,12 +14,55 @@ pub static RETURNED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of mapped memory currently returned with madvise (mapped but not committed).
 pub static PURGED: AtomicUsize = AtomicUsize::new(0);
 
-/// Maps `len` bytes (a multiple of the OS page size) of fresh, zeroed, read-write memory aligned
-/// to `align` (a power of two ≥ 4096). Returns null when the OS (or the test hook) refuses.
+/// The OS page size, read once (`sysconf` reads the auxiliary vector: no allocation, no lock).
+/// 4, 16 and 64 KiB pages all occur (aarch64 kernels use all three).
+pub fn page_size() -> usize {
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let p = PAGE.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let v = if v > 0 && (v as usize).is_power_of_two() {
+        v as usize
+    } else {
+        4096
+    };
+    PAGE.store(v, Ordering::Relaxed);
+    v
+}
+
+/// `n` rounded up to a whole number of OS pages (None on overflow).
+pub fn round_to_pages(n: usize) -> Option<usize> {
+    let p = page_size();
+    Some(n.checked_add(p - 1)? & !(p - 1))
+}
+
+/// Addresses the allocator can use: the registry and the remote-free list heads pack addresses
+/// into this many bits. A mapping that ends above it (a 57-bit address space) is given back and
+/// refused, so that no address is ever silently mis-packed.
+pub const ADDRESS_BITS: u32 = 48;
+const _: () = assert!(ADDRESS_BITS <= crate::sync::remote::ADDR_BITS);
+
+/// Whether `start..start+len` lies below `2^ADDRESS_BITS`.
+pub fn fits_address_width(start: usize, len: usize) -> bool {
+    start
+        .checked_add(len)
+        .is_some_and(|end| end <= 1usize << ADDRESS_BITS)
+}
+
+/// Maps `len` bytes (rounded up to whole OS pages) of fresh, zeroed, read-write memory aligned
+/// to `align` (a power of two; at least the page size is used). Returns null when the OS (or the
+/// test hook) refuses, or when the kernel placed the mapping above [`ADDRESS_BITS`].
 pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
     if fail::refuses(Call::Map) {
         return core::ptr::null_mut();
     }
+    let align = align.max(page_size());
+    let Some(len) = round_to_pages(len) else {
+        return core::ptr::null_mut();
+    };
     let Some(over) = len.checked_add(align) else {
         return core::ptr::null_mut();
     };
@@ -39,6 +82,11 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     let raw = raw as usize;
+    if !fits_address_width(raw, over) {
+        // SAFETY: the whole mapping was just made by us and is not handed out.
+        unsafe { libc::munmap(raw as *mut libc::c_void, over) };
+        return core::ptr::null_mut();
+    }
     let start = (raw + align - 1) & !(align - 1);
     let head = start - raw;
     let tail = over - head - len;
@@ -55,11 +103,12 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
     start as *mut u8
 }
 
-/// Unmaps a range obtained from [`map_aligned`].
+/// Unmaps a range obtained from [`map_aligned`] (`len` is rounded up to whole pages, as there).
 ///
 /// # Safety
 /// `ptr..ptr+len` was mapped by [`map_aligned`] and nothing refers to it any more.
 pub unsafe fn unmap(ptr: *mut u8, len: usize) {
+    let len = round_to_pages(len).unwrap_or(len);
     // SAFETY: the caller guarantees the range is ours and unused.
     unsafe {
         libc::munmap(ptr as *mut libc::c_void, len);
@@ -120,4 +169,40 @@ pub fn fatal(msg: &[u8]) -> ! {
     write_stderr(b"\n");
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_size_is_the_kernels() {
+        // SAFETY: sysconf has no preconditions.
+        let k = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        assert_eq!(page_size(), k);
+        assert_eq!(round_to_pages(1), Some(k));
+        assert_eq!(round_to_pages(k), Some(k));
+        assert_eq!(round_to_pages(usize::MAX), None);
+    }
+
+    #[test]
+    fn mappings_above_the_packed_address_width_are_refused() {
+        let top = 1usize << ADDRESS_BITS;
+        assert!(fits_address_width(top - 4096, 4096));
+        assert!(!fits_address_width(top - 4096, 4097), "ends one byte above");
+        assert!(!fits_address_width(1 << 56, 4096), "a 57-bit address");
+        assert!(!fits_address_width(usize::MAX - 10, 4096), "overflow");
+    }
+
+    #[test]
+    fn odd_lengths_are_mapped_and_unmapped_in_whole_pages() {
+        let p = map_aligned(100, 16);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % page_size(), 0);
+        // SAFETY: just mapped, unused.
+        unsafe {
+            p.add(page_size() - 1).write(1);
+            unmap(p, 100);
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub trait Linked {
 }
 
 /// Bits of a remote-free list head that hold the first node's address.
-const ADDR_BITS: u32 = 48;
+pub const ADDR_BITS: u32 = 48;
 const ADDR_MASK: u64 = (1 << ADDR_BITS) - 1;
 
 /// Objects on a remote-free list (pushed and not yet taken).
