@@ -129,7 +129,7 @@ pub(super) fn heap_init() -> *mut Heap {
 /// # Safety
 /// `h` is this thread's complete heap.
 pub(super) unsafe fn register_thread(h: *mut Heap) {
-    crate::platform::fork::install(fork_prepare, fork_after, fork_after);
+    crate::platform::fork::install(fork_prepare, fork_after, fork_child);
     crate::platform::thread::arm_exit(h as *mut libc::c_void, on_thread_exit);
 }
 
@@ -147,6 +147,50 @@ unsafe extern "C" fn fork_after() {
     scope::pools_lock(false);
     crate::backend::unlock_after_fork();
     scope::unlock_after_fork();
+}
+
+/// `fork` child handler: releases the locks, then gives back the heaps of the threads that do
+/// not exist in the child, as their exit would have: their stocks go back to the scopes'
+/// counters (or a limited scope would stay pinned near its limit for ever), their empty slabs
+/// are released and the others abandoned to their caches, where frees and adoption find them.
+unsafe extern "C" fn fork_child() {
+    // SAFETY: called once, in the child, by the only thread (the one that forked), which took
+    // the locks in `fork_prepare`.
+    unsafe { fork_after() };
+    let me = tls_heap();
+    HEAPS.for_each(|h, live| {
+        if live && h != me {
+            // SAFETY: the heap's thread does not exist in the child: nothing else touches it,
+            // and no `leave` will ever restore one of its tables.
+            unsafe { release_dead_heap(h) };
+        }
+    });
+}
+
+/// Gives back the heap of a thread that no longer exists (a fork child's other threads): every
+/// table abandoned and freed, pinned or not, then the heap.
+///
+/// # Safety
+/// `h` is a live heap of a thread that will never run again; the caller is the only thread.
+unsafe fn release_dead_heap(h: *mut Heap) {
+    // SAFETY: per the contract, h and its tables are ours alone now.
+    unsafe {
+        let mut t = (*h).tables;
+        while !t.is_null() {
+            let next = (*t).next;
+            if !(*t).dead {
+                abandon_table(t);
+            }
+            scope::node_put((*t).scope);
+            TABLES.free(t);
+            t = next;
+        }
+        (*h).tables = null_mut();
+        (*h).ntables = 0;
+        free_index(h);
+        (*h).root = null_mut();
+        HEAPS.free(h);
+    }
 }
 
 unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
