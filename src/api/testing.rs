@@ -22,3 +22,14 @@ pub fn table_lookup_visits() -> u64 {
 pub fn tables_in_use() -> usize {
     crate::frontend::table::tables_in_use()
 }
+
+/// (longest hold of the tree lock by an abandoned-slab sweep batch in ns, most caches looked at
+/// in one hold) since start.
+pub fn sweep_figures() -> (u64, u64) {
+    use crate::frontend::abandon::{SWEEP_LONGEST_HOLD_NS, SWEEP_MOST_CACHES_PER_HOLD};
+    use crate::sync::Ordering;
+    (
+        SWEEP_LONGEST_HOLD_NS.load(Ordering::Relaxed),
+        SWEEP_MOST_CACHES_PER_HOLD.load(Ordering::Relaxed),
+    )
+}

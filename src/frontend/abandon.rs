@@ -6,11 +6,12 @@ use super::refill::{drain_stock, set_current, take_remote_frees};
 use super::table::list_remove;
 use super::table::{empty_slab, Table};
 use crate::objects::cache::{self, Cache};
-use crate::objects::scope::TreeGuard;
+use crate::objects::scope::{self, TreeGuard};
 use crate::objects::size_class::NCLASSES;
 use crate::objects::slab::{free_slab_span, Slab, OWNER_ABANDONED};
+use crate::platform::os;
 use crate::sync::remote::remote_pending;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 use core::ptr::null_mut;
 
 /// Retires a table: stock returned, empty slabs released, the others abandoned to their caches.
@@ -82,32 +83,82 @@ pub(super) unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree: O
     }
 }
 
-/// Releases every abandoned slab that became empty through remote frees (periodic and on trim).
+/// Caches swept per hold of the tree lock: the sweep lets go of the lock between batches, so
+/// that a process with many caches never stalls scope creation, close or statistics for long.
+const SWEEP_BATCH: usize = 64;
+/// Abandoned slabs looked at per cache per sweep.
+const SWEEP_SLABS: usize = 64;
+
+/// Longest hold of the tree lock by a sweep batch, in ns, and most caches looked at in one hold
+/// (for tests and benchmarks: `testing::sweep_figures`).
+pub static SWEEP_LONGEST_HOLD_NS: AtomicU64 = AtomicU64::new(0);
+/// See [`SWEEP_LONGEST_HOLD_NS`].
+pub static SWEEP_MOST_CACHES_PER_HOLD: AtomicU64 = AtomicU64::new(0);
+
+/// Releases the abandoned slabs that became empty through remote frees (periodic and on trim).
+/// Looks only at the caches that have abandoned slabs (the sweep list), each once, in batches of
+/// [`SWEEP_BATCH`] per hold of the tree lock.
 pub fn sweep_abandoned() {
-    cache::for_each_cache_tree_locked(|tree, c| {
-        // SAFETY: under the tree lock no cache is released but by us, below; each cache's lists
-        // are read under its lock.
-        unsafe {
-            loop {
-                (*c).refs.lock();
-                let mut s = (*c).abandoned_head();
-                while !s.is_null() {
-                    let pending = remote_pending(&(*s).thread_free);
-                    if pending > 0 && pending >= (*s).used.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    s = (*s).anext;
+    let mut left = cache::sweep_len();
+    while left > 0 {
+        let start = os::now_ns();
+        let tree = scope::tree_lock();
+        let mut n = 0;
+        while n < SWEEP_BATCH && left > 0 {
+            let c = cache::sweep_next(&tree);
+            if c.is_null() {
+                left = 0;
+                break;
+            }
+            // SAFETY: under the tree lock no cache is released but by us (sweep_cache).
+            unsafe { sweep_cache(&tree, c) };
+            n += 1;
+            left -= 1;
+        }
+        drop(tree);
+        let held = os::now_ns().saturating_sub(start);
+        SWEEP_LONGEST_HOLD_NS.fetch_max(held, Ordering::Relaxed);
+        SWEEP_MOST_CACHES_PER_HOLD.fetch_max(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Releases the abandoned slabs of `c` that remote frees emptied (at most [`SWEEP_SLABS`] looked
+/// at). `c` may be released on the way.
+///
+/// # Safety
+/// The caller holds the tree lock (`tree`) and `c` is a live cache.
+unsafe fn sweep_cache(tree: &TreeGuard, c: *mut Cache) {
+    // SAFETY: the tree lock keeps c alive but for our own release below; its lists are read
+    // under its lock.
+    unsafe {
+        let mut looked = 0;
+        loop {
+            (*c).refs.lock();
+            let mut s = (*c).abandoned_head();
+            let mut found = core::ptr::null_mut();
+            while !s.is_null() && looked < SWEEP_SLABS {
+                looked += 1;
+                // Racy with remote pushers, and safe: `pending` only grows until the owner (we,
+                // under the cache lock) takes the list, and `used` does not change while the
+                // slab is abandoned but under this lock; so `pending >= used` means every object
+                // is freed (and the frees are taken under the lock, in sweep_abandoned_locked).
+                let pending = remote_pending(&(*s).thread_free);
+                if pending > 0 && pending >= (*s).used.load(Ordering::Relaxed) {
+                    found = s;
+                    break;
                 }
-                if s.is_null() {
-                    (*c).refs.unlock();
-                    return;
-                }
-                let last = (*c).refs.count_locked() == 1 && (*c).refs.is_dying_locked();
-                sweep_abandoned_locked(c, s, Some(tree));
-                if last {
-                    return; // released: the cache is gone
-                }
+                s = (*s).anext;
+            }
+            if found.is_null() {
+                (*c).refs.unlock();
+                return;
+            }
+            let s = found;
+            let last = (*c).refs.count_locked() == 1 && (*c).refs.is_dying_locked();
+            sweep_abandoned_locked(c, s, Some(tree));
+            if last {
+                return; // released: the cache is gone
             }
         }
-    });
+    }
 }

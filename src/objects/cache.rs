@@ -6,7 +6,7 @@ use super::scope::{node_get, node_put, tree_lock, ScopeNode, TreeGuard};
 use super::slab::{Slab, OWNER_ABANDONED};
 use crate::accounting::percpu_ref::PercpuRef;
 use crate::backend::pool::Pool;
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering, SpinLock};
 use core::ptr::null_mut;
 
 /// A cache: where the objects of one (scope, size class) are charged.
@@ -29,6 +29,104 @@ pub struct Cache {
     // Under TREE_LOCK:
     pub(super) rnext: *mut Cache,
     pub(super) rprev: *mut Cache,
+    // Under SWEEP_LIST's lock: the list of caches that have abandoned slabs.
+    snext: *mut Cache,
+    sprev: *mut Cache,
+}
+
+/// The caches that have abandoned slabs, in sweep order (the sweep rotates through them): a
+/// cache is on it exactly while its abandoned list is not empty. Its lock comes after the cache
+/// locks in the lock order (a cache joins and leaves it with its own lock held).
+struct SweepList {
+    head: *mut Cache,
+    tail: *mut Cache,
+    len: usize,
+}
+
+// SAFETY: the cache pointers are pool items reached only under the list's lock.
+unsafe impl Send for SweepList {}
+
+static SWEEP_LIST: SpinLock<SweepList> = SpinLock::new(SweepList {
+    head: null_mut(),
+    tail: null_mut(),
+    len: 0,
+});
+
+impl SweepList {
+    /// Appends `c`.
+    ///
+    /// # Safety
+    /// `c` is a live cache on no sweep list.
+    unsafe fn push_tail(&mut self, c: *mut Cache) {
+        // SAFETY: c and the tail are live caches; the list is ours under its lock.
+        unsafe {
+            (*c).snext = null_mut();
+            (*c).sprev = self.tail;
+            if self.tail.is_null() {
+                self.head = c;
+            } else {
+                (*self.tail).snext = c;
+            }
+        }
+        self.tail = c;
+        self.len += 1;
+    }
+
+    /// Takes `c` off the list.
+    ///
+    /// # Safety
+    /// `c` is on this list.
+    unsafe fn remove(&mut self, c: *mut Cache) {
+        // SAFETY: c and its neighbours are live caches on the list, ours under its lock.
+        unsafe {
+            if (*c).sprev.is_null() {
+                self.head = (*c).snext;
+            } else {
+                (*(*c).sprev).snext = (*c).snext;
+            }
+            if (*c).snext.is_null() {
+                self.tail = (*c).sprev;
+            } else {
+                (*(*c).snext).sprev = (*c).sprev;
+            }
+            (*c).snext = null_mut();
+            (*c).sprev = null_mut();
+        }
+        self.len -= 1;
+    }
+}
+
+/// Caches with abandoned slabs now.
+pub fn sweep_len() -> usize {
+    SWEEP_LIST.lock().len
+}
+
+/// The next cache to sweep: the head of the sweep list, moved to its tail. Null when no cache
+/// has abandoned slabs.
+///
+/// The caller holds the tree lock (`_tree`), so the cache returned cannot be released but by
+/// the caller itself.
+pub fn sweep_next(_tree: &TreeGuard) -> *mut Cache {
+    let mut l = SWEEP_LIST.lock();
+    let c = l.head;
+    if !c.is_null() && l.len > 1 {
+        // SAFETY: c heads the list.
+        unsafe {
+            l.remove(c);
+            l.push_tail(c);
+        }
+    }
+    c
+}
+
+/// Takes the sweep list's lock (fork prepare), after the cache locks.
+pub fn sweep_list_lock_for_fork() {
+    SWEEP_LIST.lock_for_fork();
+}
+
+/// Releases what [`sweep_list_lock_for_fork`] took.
+pub fn sweep_list_unlock_after_fork() {
+    SWEEP_LIST.force_unlock();
 }
 
 pub(crate) static CACHES: Pool<Cache> = Pool::new();
@@ -68,6 +166,8 @@ fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
                 (*c).large_allocs = 0;
                 (*c).rnext = null_mut();
                 (*c).rprev = null_mut();
+                (*c).snext = null_mut();
+                (*c).sprev = null_mut();
                 node_get(s);
                 node_get(s);
                 LIVE_CACHES.fetch_add(1, Ordering::Relaxed);
@@ -172,19 +272,26 @@ impl Cache {
     /// # Safety
     /// Cache lock held; `s` is attached and not abandoned.
     pub unsafe fn push_abandoned(&mut self, s: *mut Slab) {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: the cache lock (held, per the contract) guards the abandoned list; the sweep
+        // list has its own lock, taken after the cache lock.
         unsafe {
             (*s).aprev = null_mut();
             (*s).anext = self.abandoned;
-            if !self.abandoned.is_null() {
+            if self.abandoned.is_null() {
+                SWEEP_LIST.lock().push_tail(self as *mut Cache);
+            } else {
                 (*self.abandoned).aprev = s;
             }
             self.abandoned = s;
         }
     }
 
+    /// Takes `s` off the abandoned list; the cache leaves the sweep list when that empties it.
+    ///
+    /// # Safety
+    /// Cache lock held; `s` is on the abandoned list.
     unsafe fn unlink_abandoned(&mut self, s: *mut Slab) {
-        // SAFETY: s is on the abandoned list; lock held.
+        // SAFETY: s is on the abandoned list, which the held cache lock guards.
         unsafe {
             if !(*s).aprev.is_null() {
                 (*(*s).aprev).anext = (*s).anext;
@@ -196,6 +303,9 @@ impl Cache {
             }
             (*s).anext = null_mut();
             (*s).aprev = null_mut();
+            if self.abandoned.is_null() {
+                SWEEP_LIST.lock().remove(self as *mut Cache);
+            }
         }
     }
 
@@ -264,15 +374,4 @@ pub fn release_cache_tree_locked(_tree: &TreeGuard, c: *mut Cache) {
         node_put(target);
         node_put(origin);
     }
-}
-
-/// Calls `f` on every live cache under the tree lock (for the abandoned-slab sweep): no cache
-/// can be released meanwhile except by `f` itself, through [`release_cache_tree_locked`].
-pub fn for_each_cache_tree_locked(mut f: impl FnMut(&TreeGuard, *mut Cache)) {
-    let tree = tree_lock();
-    CACHES.for_each(|c, live| {
-        if live {
-            f(&tree, c)
-        }
-    });
 }

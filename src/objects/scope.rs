@@ -412,10 +412,12 @@ pub fn lock_for_fork() {
     SCOPES.for_each(|n, _| unsafe { (*n).lock.lock() });
     // SAFETY: as above.
     CACHES.for_each(|c, _| unsafe { (*c).refs.lock() });
+    super::cache::sweep_list_lock_for_fork();
 }
 
 /// Releases what `lock_for_fork` took (fork parent and child: the forking thread took them).
 pub fn unlock_after_fork() {
+    super::cache::sweep_list_unlock_after_fork();
     // SAFETY: as in lock_for_fork; this thread took every one of these locks in the prepare
     // handler.
     CACHES.for_each(|c, _| unsafe { (*c).refs.force_unlock() });

@@ -130,6 +130,19 @@ pub unsafe fn purge(ptr: *mut u8, len: usize) {
     RETURNED.fetch_add(len, Ordering::Relaxed);
 }
 
+/// Nanoseconds of a monotonic clock (a vDSO read, no syscall), for measuring lock holds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we pass.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Milliseconds of a monotonic clock (coarse: a few ms of resolution, a vDSO read, no syscall).
 pub fn now_ms() -> u64 {
     let mut ts = libc::timespec {
