@@ -29,10 +29,12 @@ impl ScopeAlloc {
 #[inline(always)]
 pub(super) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
     if align <= 8 && size <= MAX_SMALL {
-        return alloc::alloc_small(class_of(size));
+        // SAFETY: class_of returns a class < NCLASSES for size <= MAX_SMALL.
+        return unsafe { alloc::alloc_small(class_of(size)) };
     }
     match class_for(size, align) {
-        Some(c) => alloc::alloc_small(c),
+        // SAFETY: class_for returns only classes < NCLASSES.
+        Some(c) => unsafe { alloc::alloc_small(c) },
         None => large::alloc_large(size, align),
     }
 }

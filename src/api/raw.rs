@@ -19,7 +19,9 @@ fn c_size(size: usize) -> usize {
 #[inline]
 pub unsafe fn malloc(size: usize) -> *mut u8 {
     if size <= MAX_SMALL {
-        alloc::alloc_small(class_of(c_size(size)))
+        // SAFETY: c_size(size) <= MAX_SMALL here (sizes are rounded up to 16 and MAX_SMALL is a
+        // multiple of 16), so class_of returns a class < NCLASSES.
+        unsafe { alloc::alloc_small(class_of(c_size(size))) }
     } else {
         large::alloc_large(size, 16)
     }

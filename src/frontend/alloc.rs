@@ -1,9 +1,16 @@
 //! The malloc fast path.
+//!
+//! ```text
+//! alloc_small(class)
+//!   t = TLS.table; s = t.current[class]; b = s.free
+//!   b == null or t.stock < size ──► refill::alloc_slow(class)   (cold)
+//!   pop: s.free = b.next; allocs += 1; used += 1; t.stock -= size
+//! ```
 
 use super::refill::alloc_slow;
 use super::table::Table;
 use super::thread_heap::tls_table;
-use crate::objects::size_class::SIZES;
+use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{Block, Slab};
 use crate::sync::Ordering;
 
@@ -11,11 +18,16 @@ use crate::sync::Ordering;
 // Allocation.
 
 /// Allocates an object of size class `class`. Null when out of memory or over a limit.
+///
+/// # Safety
+/// `class < NCLASSES` (the tables are indexed without a bounds check).
 #[inline(always)]
-pub fn alloc_small(class: usize) -> *mut u8 {
+pub unsafe fn alloc_small(class: usize) -> *mut u8 {
+    debug_assert!(class < NCLASSES);
     let t = tls_table();
-    // SAFETY: the TLS table is the empty table or a live table of this thread; its current slabs
-    // are the empty slab or slabs this thread owns.
+    // SAFETY: class < NCLASSES (the contract) indexes both arrays in bounds; the TLS table is the
+    // empty table, the refused table or a live table of this thread, and its current slabs are
+    // the empty slab or slabs this thread owns, so only this thread writes them.
     unsafe {
         let s = *(*t).current.get_unchecked(class);
         let b = (*s).free;
