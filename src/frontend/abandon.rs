@@ -6,10 +6,10 @@ use super::refill::{drain_stock, set_current, take_remote_frees};
 use super::table::list_remove;
 use super::table::{empty_slab, Table};
 use crate::objects::cache::{self, Cache};
+use crate::objects::protocol::{self, Swept};
 use crate::objects::scope::TreeGuard;
 use crate::objects::size_class::NCLASSES;
-use crate::objects::slab::{free_slab_span, Slab, OWNER_ABANDONED};
-use crate::sync::remote::remote_pending;
+use crate::objects::slab::{free_slab_span, Slab};
 use crate::sync::Ordering;
 use core::ptr::null_mut;
 
@@ -33,10 +33,9 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
                 let c = (*s).cache;
                 (*c).refs.lock();
                 (*s).table = null_mut();
-                (*s).owner.store(OWNER_ABANDONED, Ordering::Release);
                 (*c).push_abandoned(s);
                 // Remote frees that raced with the hand-over are taken now, under the lock.
-                let n = (*s).take_remote();
+                let n = protocol::abandon_locked(s);
                 (*t).stock += n as i64 * (*s).block_size as i64;
                 if (*s).used.load(Ordering::Relaxed) == 0 {
                     sweep_abandoned_locked(c, s, None);
@@ -57,18 +56,24 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
 /// # Safety
 /// The caller holds `c`'s lock and `s` is an abandoned slab of `c`.
 pub(super) unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree: Option<&TreeGuard>) {
-    // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists.
+    // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists and
+    // makes us the slab's owner; the slab's reference keeps c alive until its put.
     unsafe {
-        let n = (*s).take_remote();
-        if n > 0 {
-            (*(*c).scope)
-                .counter
-                .uncharge(n as u64 * (*s).block_size as u64);
-        }
-        if (*s).used.load(Ordering::Relaxed) == 0 {
-            (*c).unlink_slab(s);
-            let last = (*c).refs.put_locked();
-            (*c).refs.unlock();
+        let swept = protocol::sweep_locked(
+            c,
+            s,
+            |n| {
+                if n > 0 {
+                    // c's lock is held, so `Cache::scope` is stable and referenced.
+                    (*(*c).scope)
+                        .counter
+                        .uncharge(n as u64 * (*s).block_size as u64);
+                }
+            },
+            // c's lock is held and s is attached to c.
+            || (*c).unlink_slab(s),
+        );
+        if let Swept::Emptied { last } = swept {
             free_slab_span(s);
             if last {
                 match tree {
@@ -76,8 +81,6 @@ pub(super) unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree: O
                     None => cache::release_cache(c),
                 }
             }
-        } else {
-            (*c).refs.unlock();
         }
     }
 }
@@ -92,8 +95,7 @@ pub fn sweep_abandoned() {
                 (*c).refs.lock();
                 let mut s = (*c).abandoned_head();
                 while !s.is_null() {
-                    let pending = remote_pending(&(*s).thread_free);
-                    if pending > 0 && pending >= (*s).used.load(Ordering::Relaxed) {
+                    if protocol::sweep_candidate(&*s) {
                         break;
                     }
                     s = (*s).anext;
