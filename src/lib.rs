@@ -45,6 +45,8 @@ mod backend;
 mod frontend;
 #[cfg(not(loom))]
 mod objects;
+#[cfg(loom)]
+pub mod objects;
 #[cfg(not(loom))]
 mod platform;
 #[cfg(not(loom))]

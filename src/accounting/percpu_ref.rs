@@ -2,7 +2,7 @@
 //! is [`PercpuRef`], and killing it is the close of the cache's scope.
 //!
 //! Written against [`crate::sync`] only, so that the loom models in `tests/loom_scope.rs` check
-//! this code.
+//! this code (called by the protocol steps of `objects::protocol`).
 //!
 //! A cache (scope × size class) holds one reference per attached slab or large object. Object
 //! references are counted per slab, by the slab's owner thread, without atomics (the `used` field,
@@ -18,8 +18,8 @@
 //! `tryget`, under the cache lock, which fails once `kill` ran; a slab it already holds keeps the
 //! cache alive by its own reference, so the cache cannot go away under it. A thread finds a cache
 //! and takes its lock under the lock of the cache's scope, and the close takes the cache out of
-//! the scope under that same lock before killing it (see `scope::lock_cache`): no thread can hold
-//! a pointer to a released cache.
+//! the scope under that same lock before killing it (`objects::protocol::lock_live_cache` and
+//! `close_slots`): no thread can hold a pointer to a released cache.
 //!
 //! Race (b): the free path touches the cache after dropping its last reference. `put` returns
 //! `true` to exactly one caller, after which the caller releases the cache and touches it no more;
@@ -43,7 +43,8 @@
 //! ```
 //! Had T2 taken `c` out of `S` first, T1 would not have found it (it re-targets to the
 //! ancestor); had T2's kill come before T1's `tryget`, the `tryget` fails. No order lets a
-//! thread use a released cache or release one twice; `tests/loom_scope.rs` checks every order.
+//! thread use a released cache or release one twice; `tests/loom_scope.rs` checks every order,
+//! through the production steps in `objects::protocol` (whose essay has the other timelines).
 //!
 use crate::sync::RawLock;
 use core::cell::UnsafeCell;

@@ -6,11 +6,11 @@ use super::refill::{drain_stock, set_current, take_remote_frees};
 use super::table::list_remove;
 use super::table::{empty_slab, Table};
 use crate::objects::cache::{self, Cache};
+use crate::objects::protocol::{self, Swept};
 use crate::objects::scope::{self, TreeGuard};
 use crate::objects::size_class::NCLASSES;
-use crate::objects::slab::{free_slab_span, Slab, OWNER_ABANDONED};
+use crate::objects::slab::{free_slab_span, Slab};
 use crate::platform::os;
-use crate::sync::remote::remote_pending;
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::null_mut;
 
@@ -34,10 +34,9 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
                 let c = (*s).cache;
                 (*c).refs.lock();
                 (*s).table = null_mut();
-                (*s).owner.store(OWNER_ABANDONED, Ordering::Release);
                 (*c).push_abandoned(s);
                 // Remote frees that raced with the hand-over are taken now, under the lock.
-                let n = (*s).take_remote();
+                let n = protocol::abandon_locked(s);
                 (*t).stock += n as i64 * (*s).block_size as i64;
                 if (*s).used.load(Ordering::Relaxed) == 0 {
                     sweep_abandoned_locked(c, s, None);
@@ -58,18 +57,24 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
 /// # Safety
 /// The caller holds `c`'s lock and `s` is an abandoned slab of `c`.
 pub(super) unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree: Option<&TreeGuard>) {
-    // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists.
+    // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists and
+    // makes us the slab's owner; the slab's reference keeps c alive until its put.
     unsafe {
-        let n = (*s).take_remote();
-        if n > 0 {
-            (*(*c).scope)
-                .counter
-                .uncharge(n as u64 * (*s).block_size as u64);
-        }
-        if (*s).used.load(Ordering::Relaxed) == 0 {
-            (*c).unlink_slab(s);
-            let last = (*c).refs.put_locked();
-            (*c).refs.unlock();
+        let swept = protocol::sweep_locked(
+            c,
+            s,
+            |n| {
+                if n > 0 {
+                    // c's lock is held, so `Cache::scope` is stable and referenced.
+                    (*(*c).scope)
+                        .counter
+                        .uncharge(n as u64 * (*s).block_size as u64);
+                }
+            },
+            // c's lock is held and s is attached to c.
+            || (*c).unlink_slab(s),
+        );
+        if let Swept::Emptied { last } = swept {
             free_slab_span(s);
             if last {
                 match tree {
@@ -77,8 +82,6 @@ pub(super) unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree: O
                     None => cache::release_cache(c),
                 }
             }
-        } else {
-            (*c).refs.unlock();
         }
     }
 }
@@ -138,12 +141,8 @@ unsafe fn sweep_cache(tree: &TreeGuard, c: *mut Cache) {
             let mut found = core::ptr::null_mut();
             while !s.is_null() && looked < SWEEP_SLABS {
                 looked += 1;
-                // Racy with remote pushers, and safe: `pending` only grows until the owner (we,
-                // under the cache lock) takes the list, and `used` does not change while the
-                // slab is abandoned but under this lock; so `pending >= used` means every object
-                // is freed (and the frees are taken under the lock, in sweep_abandoned_locked).
-                let pending = remote_pending(&(*s).thread_free);
-                if pending > 0 && pending >= (*s).used.load(Ordering::Relaxed) {
+                // Racy with remote pushers, and safe: see `protocol::sweep_candidate`.
+                if protocol::sweep_candidate(&*s) {
                     found = s;
                     break;
                 }

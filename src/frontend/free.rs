@@ -9,11 +9,11 @@ use super::table::Table;
 use super::thread_heap::tls_heap;
 use crate::accounting::stock::{STOCK_BATCH, STOCK_HIGH};
 use crate::objects::cache::{self};
+use crate::objects::protocol::{self, NotOwnedFree};
 use crate::objects::slab::{
-    free_slab_span, slab_of, Block, Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL, OWNER_ABANDONED,
+    free_slab_span, slab_of, Block, Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL,
 };
 use crate::platform::os;
-use crate::sync::remote::remote_push;
 use crate::sync::Ordering;
 
 // ---------------------------------------------------------------------------------------------
@@ -65,10 +65,10 @@ pub(super) unsafe fn release_slab(t: *mut Table, s: *mut Slab) {
     unsafe {
         list_remove(t, (*s).class as usize, s);
         let c = (*s).cache;
-        (*c).refs.lock();
-        (*c).unlink_slab(s);
-        let last = (*c).refs.put_locked();
-        (*c).refs.unlock();
+        let last = protocol::drop_ref(c, |c| {
+            // drop_ref holds c's lock, which guards its slab lists; s is attached to c.
+            (*c).unlink_slab(s)
+        });
         free_slab_span(s);
         if last {
             cache::release_cache(c);
@@ -83,10 +83,10 @@ pub(super) unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
     unsafe {
         match (*s).kind {
             KIND_SMALL => {
-                if (*s).owner.load(Ordering::Acquire) == OWNER_ABANDONED {
-                    free_abandoned(s, p);
-                } else {
-                    remote_push(&(*s).thread_free, p as *mut Block);
+                if let NotOwnedFree::AbandonedLocked =
+                    protocol::free_not_owned(s, (*s).cache, p as *mut Block)
+                {
+                    free_abandoned_locked(s, p);
                 }
             }
             KIND_LARGE | KIND_HUGE => free_large(s),
@@ -95,18 +95,16 @@ pub(super) unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
     }
 }
 
-/// Frees into a slab whose thread exited: under the cache lock, uncharging the cache's scope.
-pub(super) unsafe fn free_abandoned(s: *mut Slab, p: *mut u8) {
-    // SAFETY: p is live, so s is attached and its cache alive.
+/// Frees into a slab whose thread exited: under the cache lock (held, from
+/// `protocol::free_not_owned`), uncharging the cache's scope; unlocks.
+///
+/// # Safety
+/// `p` is a live object of abandoned slab `s`, and the caller holds the lock of `s`'s cache.
+pub(super) unsafe fn free_abandoned_locked(s: *mut Slab, p: *mut u8) {
+    // SAFETY: p is live, so s is attached and its cache alive; the cache lock makes us the
+    // owner of the abandoned slab.
     unsafe {
         let c = (*s).cache;
-        (*c).refs.lock();
-        if (*s).owner.load(Ordering::Acquire) != OWNER_ABANDONED {
-            // Adopted meanwhile: an ordinary remote free.
-            (*c).refs.unlock();
-            remote_push(&(*s).thread_free, p as *mut Block);
-            return;
-        }
         let b = p as *mut Block;
         (*b).next = (*s).free;
         (*s).free = b;

@@ -12,6 +12,7 @@ use crate::backend::huge;
 use crate::backend::segment::{segment_of, LARGE_MAX, PAGE_SIZE};
 use crate::backend::span;
 use crate::objects::cache::{self, CacheLookup};
+use crate::objects::protocol;
 use crate::objects::size_class::LARGE_CLASS;
 use crate::objects::slab::{free_slab_span, slab_at, Slab, KIND_HUGE, KIND_LARGE, OWNER_LARGE};
 use crate::sync::Ordering;
@@ -162,11 +163,12 @@ pub(super) unsafe fn free_large(s: *mut Slab) {
     unsafe {
         let usable = large_usable(s);
         let c = (*s).cache;
-        (*c).refs.lock();
-        (*(*c).scope).counter.uncharge(usable as u64);
-        (*c).remove_large(usable as u64);
-        let last = (*c).refs.put_locked();
-        (*c).refs.unlock();
+        let last = protocol::drop_ref(c, |c| {
+            // drop_ref holds c's lock, under which `Cache::scope` is stable (a close moves it
+            // under the same lock) and the cache holds a reference on that scope.
+            (*(*c).scope).counter.uncharge(usable as u64);
+            (*c).remove_large(usable as u64);
+        });
         release_large_memory(s);
         if last {
             cache::release_cache(c);

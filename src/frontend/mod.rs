@@ -6,7 +6,8 @@
 //! malloc: alloc::alloc_small ──(miss)──► refill::alloc_slow ─► refill::find_slab ─► new_slab
 //!                                                └► stock refill (accounting::stock)
 //! free:   free::free ──(local)──► push, used -= 1, stock += size ─(slab empty)─► release_slab
-//!              └─(other thread)─► free_slow ─► remote_push | free_abandoned | large::free_large
+//!              └─(other thread)─► free_slow ─► protocol::free_not_owned: remote_push | free_abandoned_locked
+//!                                          └─(large)─► large::free_large
 //! ```
 
 pub mod abandon;

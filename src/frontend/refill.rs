@@ -14,6 +14,7 @@ use crate::accounting::stock;
 use crate::backend::segment::PAGE_SIZE;
 use crate::backend::span;
 use crate::objects::cache::{self, CacheLookup};
+use crate::objects::protocol;
 use crate::objects::scope;
 use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{slab_at, Slab, KIND_SMALL};
@@ -208,7 +209,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
             }
             // Adopt: the slab is ours from now on; a full one stays on our list and is
             // found again once frees come back to it.
-            (*s).owner.store(heap as usize, Ordering::Release);
+            protocol::adopt_locked(s, heap as usize);
             (*s).table = as_owner(t);
             (*s).release_at = 0;
             (*c).refs.unlock();

@@ -2,6 +2,7 @@
 //! the slabs and large objects attached to it; found and locked under their scope's lock,
 //! released once dying and unreferenced.
 
+use super::protocol::{self, Counted, SlotLookup};
 use super::scope::{node_get, node_put, tree_lock, ScopeNode, TreeGuard};
 use super::slab::{Slab, OWNER_ABANDONED};
 use crate::accounting::percpu_ref::PercpuRef;
@@ -195,24 +196,19 @@ pub enum CacheLookup {
 /// Finds (creating it on first use) and locks the live cache of (`s`, `class`).
 ///
 /// The lookup and the cache lock are taken under the scope's lock, and the close takes caches out
-/// of the array under the same lock before killing them, so the cache found here cannot be
-/// released before we hold its lock; after that, `Life` says whether it is dying.
+/// of the array under the same lock before killing them (`protocol::lock_live_cache` and
+/// `protocol::close_slots`), so the cache found here cannot be released before we hold its lock;
+/// after that, its `PercpuRef` says whether it is dying.
 pub fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
     loop {
-        // SAFETY: the caller holds a reference on s.
+        // SAFETY: the caller holds a reference on s, so the node is alive; its `caches` slots are
+        // written under its lock, and emptied only by `close_node` under it.
         unsafe {
-            (*s).lock.lock();
-            let c = (*s).caches[class].load(Ordering::Acquire);
-            if !c.is_null() {
-                (*c).refs.lock();
-                (*s).lock.unlock();
-                if !(*c).refs.is_dying_locked() {
-                    return CacheLookup::Locked(c);
-                }
-                (*c).refs.unlock();
-                return CacheLookup::Closed;
+            match protocol::lock_live_cache(&(*s).lock, &(*s).caches[class]) {
+                SlotLookup::Locked(c) => return CacheLookup::Locked(c),
+                SlotLookup::Dying => return CacheLookup::Closed,
+                SlotLookup::Empty => {}
             }
-            (*s).lock.unlock();
             if (*s).is_closed() {
                 return CacheLookup::Closed;
             }
@@ -224,6 +220,13 @@ pub fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
                 };
             }
         }
+    }
+}
+
+impl Counted for Cache {
+    #[inline]
+    fn refs(&self) -> &PercpuRef {
+        &self.refs
     }
 }
 

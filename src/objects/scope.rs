@@ -315,33 +315,34 @@ unsafe fn close_node(_tree: &TreeGuard, x: *mut ScopeNode, target: *mut ScopeNod
         }
         (*x).next_sibling = null_mut();
         (*x).prev_sibling = null_mut();
-        // Lock order: node lock, then cache lock (as in `cache::lock_cache`).
-        (*x).lock.lock();
-        for slot in (*x).caches.iter() {
-            if slot.load(Ordering::Relaxed).is_null() {
-                continue;
-            }
-            let c = slot.swap(null_mut(), Ordering::AcqRel);
-            node_get(target);
-            (*c).refs.lock();
-            let release_now = (*c).refs.kill_locked();
-            (*c).scope = target;
-            (*c).refs.unlock();
-            super::cache::DYING_CACHES.fetch_add(1, Ordering::Relaxed);
-            link_reparented(target, c);
-            node_put(x);
-            if release_now {
-                super::cache::release_cache_tree_locked(_tree, c);
-            }
-        }
-        (*x).lock.unlock();
+        // Each cache leaves the array under the node lock, then is killed and pointed at
+        // `target` under its own lock; `target` gains the cache's reference that `x` loses.
+        super::protocol::close_slots(
+            &(*x).lock,
+            &(*x).caches,
+            |c| {
+                node_get(target);
+                // close_slots holds c's lock, and we hold the tree lock: the two locks that
+                // guard `Cache::scope`.
+                (*c).scope = target;
+            },
+            |c, release_now| {
+                super::cache::DYING_CACHES.fetch_add(1, Ordering::Relaxed);
+                // We hold the tree lock; c is dying and on no reparented list yet.
+                link_reparented(target, c);
+                node_put(x);
+                if release_now {
+                    super::cache::release_cache_tree_locked(_tree, c);
+                }
+            },
+        );
         while !(*x).reparented.is_null() {
             let c = (*x).reparented;
             (*x).reparented = (*c).rnext;
             node_get(target);
-            (*c).refs.lock();
-            (*c).scope = target;
-            (*c).refs.unlock();
+            // c is on x's reparented list under the tree lock, so it is alive; retarget holds
+            // its lock, and we hold the tree lock.
+            super::protocol::retarget(c, |c| (*c).scope = target);
             link_reparented(target, c);
             node_put(x);
         }

@@ -5,7 +5,8 @@
 use crate::backend::segment::{desc_at, desc_of, segment_of, Desc, Segment, DESC_BYTES};
 use crate::backend::{registry, span};
 use crate::objects::cache::Cache;
-use crate::sync::remote::{self, list_tail, remote_take, Linked};
+use crate::objects::protocol::{self, SlabWords};
+use crate::sync::remote::{self, Linked};
 use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -13,8 +14,7 @@ use core::ptr::null_mut;
 /// The owner's table of a slab, opaque in this layer (the front end's `Table`).
 pub enum OwnerTable {}
 
-/// `Slab::owner` of a slab whose thread exited: frees go through its cache's lock.
-pub const OWNER_ABANDONED: usize = 1;
+pub use super::protocol::OWNER_ABANDONED;
 /// `Slab::owner` of a large or huge object: frees go to the large path.
 pub const OWNER_LARGE: usize = 2;
 /// `Slab::owner` of a descriptor that describes no live span. Zero, so that the descriptors of a
@@ -153,6 +153,27 @@ impl Linked for Block {
     }
 }
 
+impl SlabWords for Slab {
+    type Node = Block;
+    #[inline]
+    fn owner(&self) -> &AtomicUsize {
+        &self.owner
+    }
+    #[inline]
+    fn thread_free(&self) -> &AtomicU64 {
+        &self.thread_free
+    }
+    #[inline]
+    fn used(&self) -> &AtomicU32 {
+        &self.used
+    }
+    #[inline]
+    unsafe fn take_remote(this: *mut Self) -> u32 {
+        // SAFETY: the caller owns the live slab `this` (the trait's contract).
+        unsafe { (*this).take_remote() }
+    }
+}
+
 /// The descriptor of the span that holds object pointer `p`.
 ///
 /// # Safety
@@ -209,20 +230,9 @@ impl Slab {
     /// # Safety
     /// The caller owns the slab: its thread, or the cache lock for an abandoned slab.
     pub unsafe fn take_remote(&mut self) -> u32 {
-        // SAFETY: the owner is the list's only taker (the caller's contract).
-        let (first, n) = unsafe { remote_take::<Block>(&self.thread_free) };
-        if n > 0 {
-            if !self.free.is_null() {
-                // SAFETY: the taken nodes are ours now; the count says how many there are.
-                unsafe { (*list_tail(first, n)).next = self.free };
-            }
-            self.free = first;
-            let used = self.used.load(Ordering::Relaxed);
-            debug_assert!(used >= n, "more remote frees than objects in use");
-            // Owner-only write; Relaxed: readers (statistics) need only a recent value.
-            self.used.store(used - n, Ordering::Relaxed);
-        }
-        n
+        // SAFETY: the caller owns the slab (the contract), so it is the list's only taker and
+        // the only writer of `free` and `used`.
+        unsafe { protocol::take_remote_into(&self.thread_free, &self.used, &mut self.free) }
     }
 
     /// Marks the descriptor free (describes nothing) before its span goes back.

@@ -3,7 +3,7 @@
 //! and the remote-free list built on them.
 //!
 //! Two locks: [`RawLock`], a bare spin lock for locks whose holder is a protocol state (a cache
-//! lock is taken in one function and released in another, see `objects::scope::lock_cache`),
+//! lock is taken in one function and released in another, see `objects::protocol::lock_live_cache`),
 //! and [`SpinLock<T>`], which owns the data it guards and hands it out only through a guard, so
 //! that holding the guard is the proof that the lock is held.
 //!
