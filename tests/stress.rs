@@ -257,6 +257,9 @@ fn threads_allocate_check_and_free_each_others_objects() {
     let iters = env_or("STRESS_ITERS", 5_000_000);
     pattern_table();
 
+    // Every allocation of the workers (objects, their lists, channel messages) is charged to this
+    // scope, so once they are done it must read empty: a free lost or uncharged twice shows.
+    let scope = scopealloc::Scope::root().child("stress");
     let (senders, inboxes): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::channel::<Vec<Obj>>()).unzip();
     let handles: Vec<_> = inboxes
@@ -264,9 +267,10 @@ fn threads_allocate_check_and_free_each_others_objects() {
         .enumerate()
         .map(|(t, inbox)| {
             let peers = senders.clone();
+            let s = scope.clone();
             thread::Builder::new()
                 .name(format!("stress-{t}"))
-                .spawn(move || worker(t, seed, iters, inbox, peers))
+                .spawn(move || s.run(|| worker(t, seed, iters, inbox, peers)))
                 .expect("spawn")
         })
         .collect();
@@ -282,11 +286,19 @@ fn threads_allocate_check_and_free_each_others_objects() {
         total.remote_frees += t.remote_frees;
         total.bytes += t.bytes;
     }
-    eprintln!("stress totals: {total:?}");
+    let st = scope.stats();
+    eprintln!("stress totals: {total:?}; scope {st:?}");
     assert_eq!(
-        total.allocs,
-        total.local_frees + total.remote_frees,
-        "every allocated object is freed exactly once"
+        (st.bytes, st.objects),
+        (0, 0),
+        "stress seed = {seed}: the workers freed everything, yet their scope holds live figures"
+    );
+    assert_eq!(st.frees, st.allocs, "stress seed = {seed}: {st:?}");
+    assert!(
+        st.allocs >= total.allocs,
+        "stress seed = {seed}: {} allocations charged for {} made",
+        st.allocs,
+        total.allocs
     );
     if threads > 1 {
         assert!(
