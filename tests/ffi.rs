@@ -104,14 +104,77 @@ fn c_example_refuses_the_request_over_its_limit_and_prints_stats() {
     for want in [
         "beta  request-3  refused 3145728 bytes",
         "1 request(s) refused",
-        "tenant   alpha      live   524288 bytes in   1 objects",
-        "limit hits 1",
-        "scopealloc: scope root id=1 ",
-        "scopealloc:   scope server id=",
-        "scopealloc:     scope beta id=",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
+    // The example's own lines ("tenant alpha live N bytes in N objects, peak N, allocs N, frees
+    // N, limit hits N") and the allocator's report printed right after them must agree, figure
+    // by figure; and a few figures are known exactly.
+    let printed = |label: &str, name: &str| -> [u64; 6] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().take(2).eq([label, name]))
+            .unwrap_or_else(|| panic!("no {label} {name} line in:\n{stdout}"));
+        let nums: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .map(|w| w.parse().unwrap())
+            .collect();
+        nums.try_into()
+            .unwrap_or_else(|_| panic!("not six figures: {line:?}"))
+    };
+    let reported = |name: &str, depth: usize| -> [u64; 6] {
+        let head = format!("scopealloc: {}scope {name} id=", " ".repeat(2 * depth));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&head))
+            .unwrap_or_else(|| panic!("no report line {head:?} in:\n{stdout}"));
+        let field = |key: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        };
+        ["bytes", "objects", "peak", "allocs", "frees", "limit_hits"].map(field)
+    };
+    let alpha = printed("tenant", "alpha");
+    let beta = printed("tenant", "beta");
+    let server = printed("total", "server");
+    assert_eq!(
+        alpha,
+        reported("alpha", 2),
+        "alpha: the example's figures vs the report"
+    );
+    assert_eq!(
+        beta,
+        reported("beta", 2),
+        "beta: the example's figures vs the report"
+    );
+    assert_eq!(
+        server,
+        reported("server", 1),
+        "server: the example's figures vs the report"
+    );
+    // Each tenant keeps one 512 KiB cache block; beta refused one request; the server is the
+    // sum of its tenants.
+    assert_eq!(
+        (alpha[0], alpha[1], alpha[5]),
+        (524_288, 1, 0),
+        "alpha {alpha:?}"
+    );
+    assert_eq!(
+        (beta[0], beta[1], beta[5]),
+        (524_288, 1, 1),
+        "beta {beta:?}"
+    );
+    assert_eq!(server[0], alpha[0] + beta[0]);
+    assert_eq!(server[1], alpha[1] + beta[1]);
+    assert_eq!(server[3], alpha[3] + beta[3]);
+    assert_eq!(server[4], alpha[4] + beta[4]);
+    let root = reported("root", 0);
+    assert!(
+        root[0] >= server[0] && root[1] == root[3] - root[4],
+        "root {root:?}"
+    );
 }
 
 #[test]

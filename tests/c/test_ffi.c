@@ -176,6 +176,53 @@ static int count_lines(const char *s) {
     return n;
 }
 
+/* The report line of the scope named `name` at depth `depth` (the root is 0) in `report`,
+ * copied to `line` (without its newline); 0 if there is none. */
+static int report_line(const char *report, const char *name, int depth, char *line, size_t cap) {
+    char head[128];
+    snprintf(head, sizeof head, "scopealloc: %*sscope %s id=", 2 * depth, "", name);
+    for (const char *l = report; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, head, strlen(head)) == 0) {
+            size_t n = strcspn(l, "\n");
+            if (n >= cap) n = cap - 1;
+            memcpy(line, l, n);
+            line[n] = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The number after " key=" in a report line; -1 if absent or not a number ("none" is -2). */
+static long long report_field(const char *line, const char *key) {
+    char k[64];
+    snprintf(k, sizeof k, " %s=", key);
+    const char *p = strstr(line, k);
+    if (!p) return -1;
+    p += strlen(k);
+    if (!strncmp(p, "none", 4)) return -2;
+    char *end;
+    long long v = strtoll(p, &end, 10);
+    return end == p || (*end != ' ' && *end != 0) ? -1 : v;
+}
+
+/* A report line's figures are the scope's: those of `want` (read when the report was made). */
+static void check_report_line(const char *report, const char *name, int depth, const struct scopealloc_stats *want,
+                              long long limit) {
+    char line[512];
+    int found = report_line(report, name, depth, line, sizeof line);
+    CHECK(found, "report has a line for scope %s at depth %d: %s", name, depth, report);
+    if (!found) return;
+    static const char *const keys[] = {"bytes", "self_bytes", "objects", "self_objects", "peak", "charged", "allocs", "frees", "limit_hits"};
+    const unsigned long long vals[] = {want->bytes,        want->self_bytes,    want->objects,
+                                       want->self_objects, want->peak_bytes,    want->charged_bytes,
+                                       want->allocs,       want->frees,         want->limit_hits};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        CHECK(report_field(line, keys[i]) == (long long)vals[i], "scope %s: %s=%lld in the report, %llu in its stats: %s", name,
+              keys[i], report_field(line, keys[i]), vals[i], line);
+    CHECK(report_field(line, "limit") == limit, "scope %s: limit=%lld, want %lld", name, report_field(line, "limit"), limit);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Symbols.                                                                                   */
 
@@ -483,15 +530,31 @@ static void test_mallinfo_trim_stats(void) {
     CHECK(during.uordblks >= before.uordblks + (8 << 20), "mallinfo2 uordblks %zu -> %zu",
           before.uordblks, during.uordblks);
     CHECK(during.arena >= during.uordblks, "arena %zu >= uordblks %zu", during.arena, during.uordblks);
-    CHECK(during.fordblks == during.arena - during.uordblks, "fordblks");
+    /* The figures are the allocator's own, read another way: live bytes are the root scope's
+     * bytes (this thread is quiet), arena is the committed memory; and they move by exactly the
+     * block's usable size. */
+    scopealloc_scope_t *rootscope = scopealloc_root();
+    struct scopealloc_stats rs_during = stats_of(rootscope);
+    struct scopealloc_heap_stats hs_during;
+    CHECK(scopealloc_heap_stats(&hs_during) == 0, "heap stats");
+    struct mallinfo2 again = mallinfo2();
+    CHECK(again.uordblks == rs_during.bytes, "uordblks %zu is the root scope's live bytes %llu", again.uordblks,
+          (unsigned long long)rs_during.bytes);
+    CHECK(again.arena == hs_during.committed, "arena %zu is the committed memory %zu", again.arena, hs_during.committed);
+    CHECK(again.uordblks - before.uordblks == malloc_usable_size(big) &&
+              during.uordblks - before.uordblks == malloc_usable_size(big),
+          "uordblks grows by the block's usable size: %zu -> %zu, usable %zu", before.uordblks, during.uordblks,
+          malloc_usable_size(big));
     struct mallinfo old = mallinfo();
     CHECK(old.uordblks >= (8 << 20), "mallinfo uordblks %d", old.uordblks);
     old = __libc_mallinfo();
     CHECK(old.uordblks >= (8 << 20), "__libc_mallinfo uordblks %d", old.uordblks);
+    size_t big_usable = malloc_usable_size(big);
     free(big);
     struct mallinfo2 after = mallinfo2();
-    CHECK(after.uordblks + (8 << 20) <= during.uordblks, "free lowers uordblks %zu -> %zu",
+    CHECK(after.uordblks == during.uordblks - big_usable, "free lowers uordblks by %zu: %zu -> %zu", big_usable,
           during.uordblks, after.uordblks);
+    scopealloc_scope_release(rootscope);
 
     /* Free many small blocks, then trim: something goes back to the OS. */
     enum { N = 20000 };
@@ -652,11 +715,32 @@ static void test_options(void) {
         read_all(fd, buf, sizeof buf);
         close(fd);
         unlink(real);
-        CHECK(strstr(buf, "scopealloc: report of pid ") != NULL, "report header: %s", buf);
-        CHECK(strstr(buf, "scopealloc: scope root id=1 ") != NULL, "root line: %s", buf);
-        CHECK(strstr(buf, "scopealloc:   scope tenant-a id=") != NULL, "child line indented: %s", buf);
-        CHECK(strstr(buf, "scopealloc:     scope request-1 id=") != NULL, "grandchild line indented: %s", buf);
-        CHECK(strstr(buf, "limit=1048576 limit_hits=1") != NULL, "limit and hits shown: %s", buf);
+        char header[64];
+        snprintf(header, sizeof header, "scopealloc: report of pid %d\n", child_pid);
+        CHECK(strncmp(buf, header, strlen(header)) == 0, "report header names the child's pid %d: %s", child_pid, buf);
+        /* The child's figures, known exactly: request-1 holds one live block of `usable` bytes,
+         * refused one allocation and has a 1 MiB limit; tenant-a holds nothing of its own. */
+        size_t usable = 0;
+        CHECK(sscanf(c.out, "%*d %zu", &usable) == 1 && usable >= 1000, "child printed its block's size: %s", c.out);
+        char line[512];
+        CHECK(report_line(buf, "request-1", 2, line, sizeof line), "grandchild line indented: %s", buf);
+        CHECK(report_field(line, "bytes") == (long long)usable && report_field(line, "self_bytes") == (long long)usable &&
+                  report_field(line, "objects") == 1 && report_field(line, "self_objects") == 1 &&
+                  report_field(line, "allocs") == 1 && report_field(line, "frees") == 0 &&
+                  report_field(line, "limit") == 1048576 && report_field(line, "limit_hits") == 1 &&
+                  report_field(line, "charged") >= (long long)usable && report_field(line, "charged") <= 1048576 &&
+                  report_field(line, "peak") >= report_field(line, "charged"),
+              "request-1's figures (one block of %zu bytes, one refusal): %s", usable, line);
+        CHECK(report_line(buf, "tenant-a", 1, line, sizeof line), "child line indented: %s", buf);
+        CHECK(report_field(line, "bytes") == (long long)usable && report_field(line, "self_bytes") == 0 &&
+                  report_field(line, "objects") == 1 && report_field(line, "self_objects") == 0 &&
+                  report_field(line, "limit") == -2 && report_field(line, "limit_hits") == 0,
+              "tenant-a's figures are its child's: %s", line);
+        CHECK(report_line(buf, "root", 0, line, sizeof line), "root line: %s", buf);
+        CHECK(report_field(line, "bytes") >= (long long)usable && report_field(line, "objects") >= 1 &&
+                  report_field(line, "objects") == report_field(line, "allocs") - report_field(line, "frees") &&
+                  report_field(line, "self_bytes") == report_field(line, "bytes") - (long long)usable,
+              "root's figures include the tree's: %s", line);
     }
     const char *const stats_err[] = {"SCOPEALLOC_STATS=1", NULL};
     run_child(&c, NULL, "scopes-for-report", stats_err);
@@ -849,7 +933,12 @@ static void test_scopes(void) {
     char out[8192];
     read_all(fds[0], out, sizeof out);
     close(fds[0]);
-    CHECK(strstr(out, "scopealloc: scope root id=1 ") && strstr(out, "scopealloc:   scope tenant-a id="), "print_stats: %s", out);
+    /* Nothing allocated since the report: its tenant-a line holds tenant-a's figures. */
+    struct scopealloc_stats tst = stats_of(tenant);
+    check_report_line(out, "tenant-a", 1, &tst, -2);
+    char rline[512];
+    CHECK(report_line(out, "root", 0, rline, sizeof rline) && report_field(rline, "objects") >= (long long)tst.objects,
+          "print_stats: the root line counts at least tenant-a's objects: %s", out);
 
     scopealloc_scope_release(tenant);
     scopealloc_scope_release(cur);
@@ -1014,7 +1103,7 @@ static int child_main(const char *mode) {
         sink = malloc(opaque(2 << 20)); /* refused: one limit hit */
         sink = malloc(opaque(1000));    /* left alive on purpose */
         scopealloc_leave(prev);
-        printf("%d\n", (int)getpid());
+        printf("%d %zu\n", (int)getpid(), malloc_usable_size(sink));
         /* The handles stay alive, so the scopes are open at exit. */
         return 0;
     }
