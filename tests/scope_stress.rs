@@ -1135,3 +1135,73 @@ fn threads_filling_one_limit_never_pass_it_and_are_refused_no_earlier_than_the_s
     }
     assert_eq!(scope.stats().limit_hits, (threads * rounds) as u64);
 }
+
+/// Known bug, ignored until fixed: `scope::try_charge` adds first and takes the charge back when
+/// it passes a limit, so while a refused request is being undone the scope's counter holds it,
+/// and allocations of other threads that would fit are refused too. A thread retrying a request
+/// bigger than the limit (a program probing for memory, Python's `bytearray(n)` in a loop) then
+/// makes the others fail with almost nothing live, far beyond the documented early-refusal bound.
+/// Run with `cargo test --test scope_stress -- --ignored`.
+#[test]
+#[ignore = "bug: a refused charge transiently occupies the scope counter (scope::try_charge)"]
+fn a_request_refused_by_the_limit_does_not_make_other_threads_allocations_fail() {
+    let _serial = one_at_a_time();
+    let rounds = env_u64("SCOPE_TRANSIENT_ROUNDS", 20).max(1);
+    let limit = 4 * MIB as u64;
+    let size = 64usize;
+    for round in 0..rounds {
+        let scope = Scope::root().child("transient-charge");
+        scope.set_limit(Some(limit as usize));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tries = Arc::new(AtomicU64::new(0));
+        // Another thread keeps asking for more than the limit: always refused, never live.
+        let prober = {
+            let (s, stop, tries) = (scope.clone(), stop.clone(), tries.clone());
+            thread::spawn(move || {
+                s.run(|| {
+                    let too_big = Layout::from_size_align(limit as usize + MIB, 8).unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        // SAFETY: non-zero size; black_box keeps the call (it must be refused).
+                        let p =
+                            std::hint::black_box(unsafe { alloc(std::hint::black_box(too_big)) });
+                        if !p.is_null() {
+                            // SAFETY: p was allocated with too_big just above.
+                            unsafe { dealloc(p, too_big) };
+                            return false;
+                        }
+                        tries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    true
+                })
+            })
+        };
+        while tries.load(Ordering::Relaxed) == 0 {
+            thread::yield_now();
+        }
+        let cap = limit as usize / size + 1;
+        let mut blocks: Vec<usize> = Vec::with_capacity(cap);
+        scope.run(|| {
+            while blocks.len() < cap {
+                // SAFETY: non-zero size.
+                let p = unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) };
+                if p.is_null() {
+                    break;
+                }
+                blocks.push(p as usize);
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        assert!(prober.join().unwrap(), "a request over the limit succeeded");
+        let live = (blocks.len() * size) as u64;
+        for p in blocks {
+            // SAFETY: each block is live with this layout and freed once.
+            unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+        }
+        // The prober holds no stock (it never allocated): the bound is one thread's stock.
+        assert!(
+            live + size as u64 + STOCK_BOUND > limit,
+            "round {round}: refused {size} B with {live} live bytes, limit {limit}, while another \
+             thread's request over the limit was being refused"
+        );
+    }
+}
