@@ -1136,14 +1136,12 @@ fn threads_filling_one_limit_never_pass_it_and_are_refused_no_earlier_than_the_s
     assert_eq!(scope.stats().limit_hits, (threads * rounds) as u64);
 }
 
-/// Known bug, ignored until fixed: `scope::try_charge` adds first and takes the charge back when
-/// it passes a limit, so while a refused request is being undone the scope's counter holds it,
-/// and allocations of other threads that would fit are refused too. A thread retrying a request
-/// bigger than the limit (a program probing for memory, Python's `bytearray(n)` in a loop) then
-/// makes the others fail with almost nothing live, far beyond the documented early-refusal bound.
-/// Run with `cargo test --test scope_stress -- --ignored`.
+/// Regression: the charge used to add first and take the charge back when it passed a limit, so
+/// while a refused request was being undone the scope's counter held it, and allocations of
+/// other threads that would fit were refused too. A thread retrying a request bigger than the
+/// limit (a program probing for memory, Python's `bytearray(n)` in a loop) then made the others
+/// fail with almost nothing live, far beyond the documented early-refusal bound.
 #[test]
-#[ignore = "bug: a refused charge transiently occupies the scope counter (scope::try_charge)"]
 fn a_request_refused_by_the_limit_does_not_make_other_threads_allocations_fail() {
     let _serial = one_at_a_time();
     let rounds = env_u64("SCOPE_TRANSIENT_ROUNDS", 20).max(1);

@@ -67,13 +67,26 @@ impl Counter {
     /// is charged and the counter whose limit refused is returned.
     pub fn try_charge(&self, bytes: u64) -> Result<(), &Counter> {
         for a in self.ancestors() {
-            let new = a.charged.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            if new > a.limit.load(Ordering::Relaxed) {
+            let limit = a.limit.load(Ordering::Relaxed);
+            // A limited counter takes the charge only if it fits (a CAS loop), so that a request
+            // it refuses never counts against it, even for a moment: other threads filling the
+            // scope meanwhile are not refused because of it. An unlimited one just adds.
+            let fits = if limit == NO_LIMIT {
+                a.charged.fetch_add(bytes, Ordering::Relaxed);
+                true
+            } else {
+                a.charged
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                        c.checked_add(bytes).filter(|&n| n <= limit)
+                    })
+                    .is_ok()
+            };
+            if !fits {
                 for b in self.ancestors() {
-                    b.charged.fetch_sub(bytes, Ordering::Relaxed);
                     if core::ptr::eq(b, a) {
                         break;
                     }
+                    b.charged.fetch_sub(bytes, Ordering::Relaxed);
                 }
                 return Err(a);
             }
