@@ -163,7 +163,8 @@ pub unsafe extern "C" fn scopealloc_enter(h: Handle) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn scopealloc_leave(prev: *mut c_void) {
     if !prev.is_null() {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: prev is non-null, so it came from scopealloc_enter on this thread and is used
+        // once, innermost first (the contract): leave_raw's own contract.
         unsafe { Scope::leave_raw(prev) }
     }
 }

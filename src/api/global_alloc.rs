@@ -162,6 +162,6 @@ unsafe impl GlobalAlloc for ScopeAlloc {
 /// # Safety
 /// `ptr` is a live object of this allocator.
 pub unsafe fn usable_size(ptr: *const u8) -> usize {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: ptr is a live object of ours (the contract), so its descriptor describes it.
     unsafe { usable_of(ptr) }
 }

@@ -39,14 +39,16 @@ unsafe impl Sync for Scope {}
 
 impl Clone for Scope {
     fn clone(&self) -> Self {
-        scope::handle_get(self.node.as_ptr());
+        // SAFETY: this handle holds a user handle on the node, which keeps it alive.
+        unsafe { scope::handle_get(self.node.as_ptr()) };
         Scope { node: self.node }
     }
 }
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        scope::handle_put(self.node.as_ptr());
+        // SAFETY: this handle holds a user handle on the node, given up here (drop).
+        unsafe { scope::handle_put(self.node.as_ptr()) };
     }
 }
 
@@ -84,7 +86,8 @@ impl Drop for ScopeGuard<'_> {
 
 impl Scope {
     fn from_node(n: *mut ScopeNode) -> Scope {
-        scope::handle_get(n);
+        // SAFETY: the caller holds a reference on the live node n (a handle, or the tree's).
+        unsafe { scope::handle_get(n) };
         Scope {
             // SAFETY: nodes are never null.
             node: unsafe { NonNull::new_unchecked(n) },
@@ -113,7 +116,8 @@ impl Scope {
     /// A new child of this scope (of its nearest open ancestor if this one is closed). Names
     /// longer than 63 bytes are truncated.
     pub fn child(&self, name: &str) -> Scope {
-        let n = scope::create_child(self.n(), name);
+        // SAFETY: this handle holds a user handle on the node, which keeps it alive.
+        let n = unsafe { scope::create_child(self.n(), name) };
         Scope {
             // SAFETY: create_child returns a node with one handle for us.
             node: unsafe { NonNull::new_unchecked(n) },
@@ -145,12 +149,14 @@ impl Scope {
         let mut cap = 8;
         loop {
             let mut v: Vec<Scope> = Vec::with_capacity(cap);
-            let total = scope::for_children(self.n(), cap, |n| {
+            let push = |n| {
                 v.push(Scope {
                     // SAFETY: for_children took a handle for us on a live, non-null node.
                     node: unsafe { NonNull::new_unchecked(n) },
                 })
-            });
+            };
+            // SAFETY: this handle holds a user handle on the node, which keeps it alive.
+            let total = unsafe { scope::for_children(self.n(), cap, push) };
             if total <= cap {
                 return v;
             }
@@ -163,7 +169,8 @@ impl Scope {
     /// closed scope enters its nearest open ancestor.
     pub fn enter(&self) -> ScopeGuard<'_> {
         ScopeGuard {
-            prev: thread_heap::enter(self.n()),
+            // SAFETY: this handle holds a user handle on the node, which keeps it alive.
+            prev: unsafe { thread_heap::enter(self.n()) },
             _scope: PhantomData,
         }
     }
@@ -188,7 +195,8 @@ impl Scope {
 
     /// The scope's figures, summed now (exact once threads are quiet).
     pub fn stats(&self) -> ScopeStats {
-        stats::stats(self.n())
+        // SAFETY: this handle holds a user handle on the node, which keeps it alive.
+        unsafe { stats::stats(self.n()) }
     }
 
     /// Restarts the high-water mark at the current charge.
@@ -201,7 +209,8 @@ impl Scope {
     /// move to the nearest open ancestor; objects stay valid; threads inside continue in the
     /// ancestor. The root never closes.
     pub fn close(&self) {
-        scope::close(self.n());
+        // SAFETY: this handle holds a user handle on the node, which keeps it alive.
+        unsafe { scope::close(self.n()) };
     }
 
     /// Whether the scope is closed.
@@ -223,7 +232,8 @@ impl Scope {
     /// `p` came from `into_raw` and is taken back once.
     pub unsafe fn from_raw(p: *const c_void) -> Scope {
         Scope {
-            // SAFETY: guaranteed by the caller.
+            // SAFETY: p came from into_raw (the contract): a non-null node pointer that carries
+            // the handle given up there, taken back here.
             node: unsafe { NonNull::new_unchecked(p as *mut ScopeNode) },
         }
     }
@@ -239,7 +249,8 @@ impl Scope {
     /// Enters the scope without a guard (for C): returns a token to give to
     /// [`Scope::leave_raw`] on the same thread.
     pub fn enter_raw(&self) -> *mut c_void {
-        thread_heap::enter(self.n()) as *mut c_void
+        // SAFETY: this handle holds a user handle on the node, which keeps it alive.
+        unsafe { thread_heap::enter(self.n()) as *mut c_void }
     }
 
     /// Leaves what [`Scope::enter_raw`] entered, restoring the previous scope.
@@ -247,7 +258,8 @@ impl Scope {
     /// # Safety
     /// `token` came from `enter_raw` on this thread and is used once, innermost first.
     pub unsafe fn leave_raw(token: *mut c_void) {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: token came from enter_raw on this thread and is used once, innermost first
+        // (the contract): it is leave's own contract.
         unsafe { thread_heap::leave(token as *mut Table) }
     }
 }

@@ -51,7 +51,7 @@ pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
 #[inline]
 pub unsafe fn free(ptr: *mut u8) {
     if !ptr.is_null() {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: ptr is non-null here, so a live object of ours (the contract).
         unsafe { free::free(ptr) }
     }
 }
@@ -65,7 +65,7 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> *mut u8 {
         // SAFETY: always safe.
         return unsafe { malloc(size) };
     }
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: ptr is non-null here, so a live object of ours (the contract).
     unsafe {
         let old = usable_of(ptr);
         realloc_aligned(ptr, old, 16, c_size(size))
@@ -85,7 +85,7 @@ pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 /// # Safety
 /// `ptr` is a live object of ours.
 pub unsafe fn usable_size(ptr: *const u8) -> usize {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: ptr is a live object of ours (the contract).
     unsafe { usable_of(ptr) }
 }
 
@@ -106,6 +106,10 @@ pub fn is_block_start(ptr: *const u8) -> bool {
 
 /// Best-effort double-free check (`SCOPEALLOC_CHECK=1`): true if `ptr` (ours) is already free
 /// in a slab of this thread, or describes no live large object.
-pub fn is_double_free(ptr: *const u8) -> bool {
-    free::is_double_free(ptr)
+///
+/// # Safety
+/// `ptr` points into memory of ours ([`owns`] said so).
+pub unsafe fn is_double_free(ptr: *const u8) -> bool {
+    // SAFETY: the caller's contract is is_double_free's.
+    unsafe { free::is_double_free(ptr) }
 }

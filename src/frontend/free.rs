@@ -1,4 +1,13 @@
 //! The free paths: local (fast), remote, into an abandoned slab; releasing an empty slab.
+//!
+//! ```text
+//! free(p): s = slab_of(p)                      (mask + page map)
+//!   s.owner == this heap ──► push on s.free; used -= 1; stock of s's table += size
+//!                             └─ used == release_at or stock > STOCK_HIGH ─► free_local_tail
+//!   otherwise ─────────────► free_slow (cold): small ─► protocol::free_not_owned
+//!                                                         (remote push | abandoned, locked)
+//!                                              large / huge ─► large::free_large
+//! ```
 
 use super::abandon::sweep_abandoned_locked;
 use super::large::free_large;
@@ -25,10 +34,23 @@ use crate::sync::Ordering;
 /// `p` is a live object of this allocator.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    // SAFETY: guaranteed by the caller: p is ours, so its segment header and slab exist.
+    // SAFETY: p is a live object of ours (the contract), so its segment header and slab
+    // descriptor are mapped and describe it; the local branch writes the slab's free list,
+    // `used` and the table's stock only when this thread owns the slab (owner == our heap).
     unsafe {
         let s = slab_of(p);
+        // Relaxed: only this thread stores its own heap in `owner` (at adoption or creation),
+        // so an equal value was written by this thread; any other value sends us to the slow
+        // path, which loads it again with Acquire.
         if (*s).owner.load(Ordering::Relaxed) == tls_heap() as usize {
+            debug_assert!(
+                (*s).used.load(Ordering::Relaxed) > 0,
+                "local free of a free slab"
+            );
+            debug_assert!(
+                (p as usize - (*s).start as usize).is_multiple_of((*s).block_size as usize),
+                "free of a pointer inside a block"
+            );
             let b = p as *mut Block;
             (*b).next = (*s).free;
             (*s).free = b;
@@ -116,7 +138,10 @@ pub(super) unsafe fn free_abandoned_locked(s: *mut Slab, p: *mut u8) {
 }
 
 /// Whether `p` (ours) is on the free list of a slab this thread owns: a double free (check mode).
-pub fn is_double_free(p: *const u8) -> bool {
+///
+/// # Safety
+/// `p` points into memory of ours (`slab::owns` said so).
+pub unsafe fn is_double_free(p: *const u8) -> bool {
     // SAFETY: the caller checked that p is ours.
     unsafe {
         let s = slab_of(p);

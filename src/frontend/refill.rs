@@ -240,6 +240,9 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
         (*s).page_idx = span.idx as u32;
         (*s).anext = null_mut();
         (*s).aprev = null_mut();
+        // Publishes the descriptor written above to the frees of other threads, which load
+        // `owner` with Acquire in `protocol::free_not_owned` (a pointer to the slab's objects
+        // reaches them through the program's own synchronisation after this store).
         (*s).owner.store(heap as usize, Ordering::Release);
         // Look the cache up again: it may have been killed (and released) meanwhile.
         let c = match cache::lock_cache((*t).scope, class) {

@@ -299,7 +299,8 @@ pub(super) const DROP_AT_LEAST: usize = 64;
 /// expected in the number of the heap's tables (one index chain); tables of closed scopes are
 /// dropped by `drop_closed`.
 pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
-    let target = scope::nearest_live(s);
+    // SAFETY: the caller holds a reference on s (the contract of table_for).
+    let target = unsafe { scope::nearest_live(s) };
     // SAFETY: h is this thread's heap.
     unsafe {
         let mut t = if (*h).nbuckets > 0 {
@@ -329,7 +330,11 @@ pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
 // A table's slab list per class: doubly linked through `tnext`/`tprev`, null-terminated forward;
 // the head's `tprev` points at the tail, so moving a slab to the tail costs O(1).
 
-pub(super) fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
+/// Pushes `s` on `t`'s slab list for `class`.
+///
+/// # Safety
+/// `t` is a live table of this thread and `s` a slab it owns, on no table list.
+pub(super) unsafe fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: t and s are this thread's; s is on no table list.
     unsafe {
         let head = (*t).lists[class];
@@ -344,7 +349,11 @@ pub(super) fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
     }
 }
 
-pub(super) fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
+/// Takes `s` off `t`'s slab list for `class`.
+///
+/// # Safety
+/// `t` is a live table of this thread and `s` is on its list for `class`.
+pub(super) unsafe fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: s is on t's list for class.
     unsafe {
         let head = (*t).lists[class];
@@ -368,7 +377,11 @@ pub(super) fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
     }
 }
 
-pub(super) fn list_move_to_tail(t: *mut Table, class: usize, s: *mut Slab) {
+/// Moves `s` to the tail of `t`'s slab list for `class` (O(1): the head's `tprev` is the tail).
+///
+/// # Safety
+/// `t` is a live table of this thread and `s` is on its list for `class`.
+pub(super) unsafe fn list_move_to_tail(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: s is on t's list for class.
     unsafe {
         if (*s).tnext.is_null() {
@@ -412,21 +425,29 @@ mod tests {
         let mut slabs: Vec<Slab> = (0..4).map(|_| Slab::empty()).collect();
         let s: Vec<*mut Slab> = slabs.iter_mut().map(|x| x as *mut Slab).collect();
         for &x in &s {
-            list_push(t, 0, x);
+            // SAFETY: t is a live table and x a slab on no list.
+            unsafe { list_push(t, 0, x) };
         }
         assert_eq!(order(t), vec![s[3], s[2], s[1], s[0]]);
-        list_move_to_tail(t, 0, s[3]);
+        // SAFETY: the slab is on t's list 0.
+        unsafe { list_move_to_tail(t, 0, s[3]) };
         assert_eq!(order(t), vec![s[2], s[1], s[0], s[3]]);
-        list_move_to_tail(t, 0, s[1]);
+        // SAFETY: the slab is on t's list 0.
+        unsafe { list_move_to_tail(t, 0, s[1]) };
         assert_eq!(order(t), vec![s[2], s[0], s[3], s[1]]);
-        list_move_to_tail(t, 0, s[1]); // already the tail
+        // SAFETY: the slab is on t's list 0. Here: already the tail
+        unsafe { list_move_to_tail(t, 0, s[1]) };
         assert_eq!(order(t), vec![s[2], s[0], s[3], s[1]]);
-        list_remove(t, 0, s[1]); // the tail
+        // SAFETY: the slab is on t's list 0. Here: the tail
+        unsafe { list_remove(t, 0, s[1]) };
         assert_eq!(order(t), vec![s[2], s[0], s[3]]);
-        list_remove(t, 0, s[2]); // the head
+        // SAFETY: the slab is on t's list 0. Here: the head
+        unsafe { list_remove(t, 0, s[2]) };
         assert_eq!(order(t), vec![s[0], s[3]]);
-        list_remove(t, 0, s[0]);
-        list_remove(t, 0, s[3]);
+        // SAFETY: the slab is on t's list 0.
+        unsafe { list_remove(t, 0, s[0]) };
+        // SAFETY: the slab is on t's list 0.
+        unsafe { list_remove(t, 0, s[3]) };
         assert!(order(t).is_empty());
     }
 }

@@ -246,7 +246,10 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
 /// the refused scope tagged with bit 0 when the thread was refused; null if the heap could not
 /// be created. When no table can be made for `s`, the refused table is made current: the thread
 /// is in `s` but every allocation retries the table and is refused until it can be made.
-pub fn enter(s: *mut ScopeNode) -> *mut Table {
+///
+/// # Safety
+/// `s` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn enter(s: *mut ScopeNode) -> *mut Table {
     let h = heap_or_init();
     if h.is_null() {
         return null_mut();
@@ -283,8 +286,8 @@ pub unsafe fn leave(prev: *mut Table) {
         return;
     }
     if tls_table() == refused_table() {
-        // The refused state holds a reference on its scope, given up here.
-        scope::node_put(take_refused());
+        // SAFETY: the refused state holds a reference on its scope, given up here.
+        unsafe { scope::node_put(take_refused()) };
     }
     if prev as usize & 1 != 0 {
         // The thread was refused when it entered: the token holds that scope's reference.
@@ -314,8 +317,8 @@ pub unsafe fn leave(prev: *mut Table) {
 pub fn current_scope() -> *mut ScopeNode {
     let t = tls_table();
     if t == refused_table() {
-        // The refused state holds a reference on its scope.
-        return scope::nearest_live(TLS.with(|s| s.refused.get()));
+        // SAFETY: the refused state holds a reference on its scope.
+        return unsafe { scope::nearest_live(TLS.with(|s| s.refused.get())) };
     }
     // SAFETY: the TLS table is empty or live.
     unsafe {

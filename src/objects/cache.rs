@@ -199,7 +199,10 @@ pub enum CacheLookup {
 /// of the array under the same lock before killing them (`protocol::lock_live_cache` and
 /// `protocol::close_slots`), so the cache found here cannot be released before we hold its lock;
 /// after that, its `PercpuRef` says whether it is dying.
-pub fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
+///
+/// # Safety
+/// `s` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
     loop {
         // SAFETY: the caller holds a reference on s, so the node is alive; its `caches` slots are
         // written under its lock, and emptied only by `close_node` under it.
@@ -236,7 +239,8 @@ impl Cache {
     /// # Safety
     /// Cache lock held; `s` is on no cache list.
     pub unsafe fn link_slab(&mut self, s: *mut Slab) {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: the cache lock is held (it guards the slab list) and `s` is on no list, so
+        // linking it touches only s and the old head, both ours under the lock.
         unsafe {
             (*s).cprev = null_mut();
             (*s).cnext = self.slabs;
@@ -253,7 +257,8 @@ impl Cache {
     /// # Safety
     /// Cache lock held; `s` is attached to this cache.
     pub unsafe fn unlink_slab(&mut self, s: *mut Slab) {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: the cache lock is held and `s` is on this cache's list: its neighbours are slabs
+        // of this cache, whose list links the lock guards.
         unsafe {
             if !(*s).cprev.is_null() {
                 (*(*s).cprev).cnext = (*s).cnext;
@@ -346,13 +351,20 @@ impl Cache {
 
 /// Releases a dying cache that just lost its last reference. The caller no longer holds its lock
 /// and touches it no more after this call.
-pub fn release_cache(c: *mut Cache) {
+///
+/// # Safety
+/// `c` is a dying cache whose last reference the caller just dropped; nobody touches it afterwards.
+pub unsafe fn release_cache(c: *mut Cache) {
     let tree = tree_lock();
-    release_cache_tree_locked(&tree, c);
+    // SAFETY: the caller's contract is release_cache_tree_locked's; we hold the tree lock.
+    unsafe { release_cache_tree_locked(&tree, c) };
 }
 
 /// `release_cache` for a caller that holds the tree lock.
-pub fn release_cache_tree_locked(_tree: &TreeGuard, c: *mut Cache) {
+///
+/// # Safety
+/// `c` is a dying cache whose last reference the caller just dropped; nobody touches it afterwards.
+pub unsafe fn release_cache_tree_locked(_tree: &TreeGuard, c: *mut Cache) {
     // SAFETY: we hold the tree lock; c is dying with no reference, so only readers under the
     // tree lock (statistics) could reach it, and they cannot run now.
     unsafe {

@@ -157,13 +157,19 @@ pub fn tree_lock() -> TreeGuard {
 }
 
 /// Takes a reference on a node.
-pub fn node_get(n: *mut ScopeNode) {
+///
+/// # Safety
+/// `n` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn node_get(n: *mut ScopeNode) {
     // SAFETY: the caller holds a reference, so the node is alive.
     unsafe { (*n).refs.fetch_add(1, Ordering::Relaxed) };
 }
 
 /// Drops a reference; releases the node (and then its reference on its parent) at zero.
-pub fn node_put(mut n: *mut ScopeNode) {
+///
+/// # Safety
+/// `n` is a live node and the caller gives up one reference it holds on it.
+pub unsafe fn node_put(mut n: *mut ScopeNode) {
     while !n.is_null() {
         // SAFETY: the caller holds the reference it drops.
         unsafe {
@@ -180,7 +186,10 @@ pub fn node_put(mut n: *mut ScopeNode) {
 }
 
 /// The nearest open scope at or above `n` (the root is always open).
-pub fn nearest_live(mut n: *mut ScopeNode) -> *mut ScopeNode {
+///
+/// # Safety
+/// `n` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn nearest_live(mut n: *mut ScopeNode) -> *mut ScopeNode {
     // SAFETY: parents are kept alive by their children's references.
     unsafe {
         while (*n).is_closed() {
@@ -191,13 +200,17 @@ pub fn nearest_live(mut n: *mut ScopeNode) -> *mut ScopeNode {
 }
 
 /// Creates an open child of `parent` (or of its nearest open ancestor). Returns it with one handle.
-pub fn create_child(parent: *mut ScopeNode, name: &str) -> *mut ScopeNode {
+///
+/// # Safety
+/// `parent` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn create_child(parent: *mut ScopeNode, name: &str) -> *mut ScopeNode {
     let n = SCOPES.alloc();
     if n.is_null() {
         os::fatal(b"out of memory for scope metadata");
     }
     let tree = tree_lock();
-    let p = nearest_live(parent);
+    // SAFETY: the caller holds a reference on parent.
+    let p = unsafe { nearest_live(parent) };
     // SAFETY: n is ours (fresh from the pool); p is open and we hold the tree lock, so it stays
     // open and linked while we link n under it.
     unsafe {
@@ -237,20 +250,30 @@ pub fn create_child(parent: *mut ScopeNode, name: &str) -> *mut ScopeNode {
 }
 
 /// Takes a user handle.
-pub fn handle_get(n: *mut ScopeNode) {
+///
+/// # Safety
+/// `n` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn handle_get(n: *mut ScopeNode) {
     // SAFETY: the caller holds a reference, so the node is alive.
     unsafe { (*n).handles.fetch_add(1, Ordering::Relaxed) };
-    node_get(n);
+    // SAFETY: as above.
+    unsafe { node_get(n) };
 }
 
 /// Drops a user handle; the last one closes the scope.
-pub fn handle_put(n: *mut ScopeNode) {
+///
+/// # Safety
+/// `n` is a live node and the caller gives up one user handle it holds on it.
+pub unsafe fn handle_put(n: *mut ScopeNode) {
     // SAFETY: the caller holds the handle it drops, so the node is alive.
     let last = unsafe { (*n).handles.fetch_sub(1, Ordering::AcqRel) == 1 };
-    if last {
-        close(n);
+    // SAFETY: the handle given up here is still a reference until node_put.
+    unsafe {
+        if last {
+            close(n);
+        }
+        node_put(n);
     }
-    node_put(n);
 }
 
 /// Closes `n` and its open descendants (idempotent; the root never closes).
@@ -259,7 +282,10 @@ pub fn handle_put(n: *mut ScopeNode) {
 /// the first records every node's usage before the close (what a closed scope reports), the
 /// second closes the nodes children first, so that each node's children are gone (closed and
 /// unlinked) when it closes.
-pub fn close(n: *mut ScopeNode) {
+///
+/// # Safety
+/// `n` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn close(n: *mut ScopeNode) {
     if n == root() {
         return;
     }
@@ -370,7 +396,14 @@ unsafe fn link_reparented(target: *mut ScopeNode, c: *mut Cache) {
 
 /// Calls `f` with each open child of `x`, each with a new handle taken, up to `max` children;
 /// returns how many open children there are.
-pub fn for_children(x: *mut ScopeNode, max: usize, mut f: impl FnMut(*mut ScopeNode)) -> usize {
+///
+/// # Safety
+/// `x` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn for_children(
+    x: *mut ScopeNode,
+    max: usize,
+    mut f: impl FnMut(*mut ScopeNode),
+) -> usize {
     let tree = tree_lock();
     let mut n = 0;
     // SAFETY: the tree lock is held; open children are alive (they hold handles).

@@ -185,7 +185,10 @@ pub(super) unsafe fn record_subtree_usage(_tree: &TreeGuard, top: *mut ScopeNode
 }
 
 /// Statistics of a scope; see [`ScopeStats`].
-pub fn stats(x: *mut ScopeNode) -> ScopeStats {
+///
+/// # Safety
+/// `x` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn stats(x: *mut ScopeNode) -> ScopeStats {
     let tree = tree_lock();
     // SAFETY: the tree lock is held; the caller holds a reference on x.
     let st = unsafe {

@@ -94,11 +94,11 @@ mod tests {
 
     impl Linked for Node {
         unsafe fn next(this: *mut Self) -> *mut Self {
-            // SAFETY: guaranteed by the caller.
+            // SAFETY: `this` points to a valid node (the trait's contract).
             unsafe { (*this).next }
         }
         unsafe fn set_next(this: *mut Self, next: *mut Self) {
-            // SAFETY: guaranteed by the caller.
+            // SAFETY: `this` is a valid node owned by the caller (the trait's contract).
             unsafe { (*this).next = next }
         }
     }
