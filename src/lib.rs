@@ -24,6 +24,15 @@
 //! assert_eq!(tenant.stats().bytes, 0);
 //! ```
 //!
+//! Nothing unsound is reachable from safe code: the reference state of a cache, once public as
+//! `lifecycle::Life` with safe `_locked` calls that mutated its state without the lock, is
+//! private, and its `_locked` calls are `unsafe fn`s whose contract is that the lock is held:
+//!
+//! ```compile_fail
+//! let r = scopealloc::lifecycle::Life::new(); // no such public item any more
+//! r.try_get_locked();
+//! ```
+//!
 //! See `docs/ARCHITECTURE.md` for the design and the protocol essays at the top of the
 //! modules (`accounting::percpu_ref`, `objects::scope`, `frontend`).
 

@@ -1203,3 +1203,54 @@ fn a_request_refused_by_the_limit_does_not_make_other_threads_allocations_fail()
         );
     }
 }
+
+/// Defect 6 of the layering issue: `pop` stored `used` before `allocs`, so a `stats()` racing
+/// allocating threads could read more objects than allocations and compute a wrapped `frees`.
+/// Every snapshot, at any instant, must satisfy objects ≤ allocs, frees = allocs − objects,
+/// self ≤ total.
+#[test]
+fn every_stats_snapshot_taken_while_threads_allocate_is_consistent() {
+    let threads = env_u64("SCOPE_SNAPSHOT_THREADS", 2) as usize;
+    let rounds = env_u64("SCOPE_SNAPSHOT_ROUNDS", 200_000) as usize;
+    eprintln!("snapshots: SCOPE_SNAPSHOT_THREADS={threads} SCOPE_SNAPSHOT_ROUNDS={rounds}");
+    let top = Scope::root().child("snapshot-top");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let s = top.child(&format!("snapshot-{i}"));
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let _g = s.enter();
+                let mut keep: Vec<Box<[u8; 40]>> = Vec::with_capacity(256);
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) && n < rounds {
+                    keep.push(Box::new([n as u8; 40]));
+                    if keep.len() == 256 {
+                        keep.clear();
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut samples = 0u64;
+    while workers.iter().any(|w| !w.is_finished()) {
+        let st = top.stats();
+        assert!(st.objects <= st.allocs, "objects > allocs: {st:?}");
+        assert_eq!(st.frees, st.allocs - st.objects, "{st:?}");
+        assert!(
+            st.self_objects <= st.objects && st.self_bytes <= st.bytes,
+            "{st:?}"
+        );
+        samples += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    eprintln!("{samples} snapshots while {total} allocations ran");
+    assert!(samples > 10, "the snapshots overlapped the allocations");
+    let st = top.stats();
+    assert_eq!(st.objects, 0);
+    // Every box, and each worker's vector.
+    assert_eq!(st.allocs, (total + threads) as u64);
+}

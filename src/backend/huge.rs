@@ -146,7 +146,7 @@ struct CachedMapping {
     freed_ms: u64,
 }
 
-static HUGE_CACHE: SpinLock<[CachedMapping; HUGE_CACHE_SLOTS]> = SpinLock::new(
+static HUGE_CACHE: SpinLock<[CachedMapping; HUGE_CACHE_SLOTS]> = SpinLock::new_no_syscalls(
     [CachedMapping {
         base: 0,
         len: 0,

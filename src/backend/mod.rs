@@ -98,6 +98,28 @@ mod tests {
     }
 
     #[test]
+    fn no_system_call_runs_under_the_back_end_lock() {
+        // Debug builds assert it in every mmap, munmap and madvise (`sync::syscalls_allowed`):
+        // take enough spans for new segments, free them, and purge and unmap them all.
+        let spans: Vec<_> = (0..130)
+            .map(|_| span::alloc_span(60, 1).expect("a span"))
+            .collect();
+        for s in &spans {
+            // SAFETY: each span is ours and unused.
+            unsafe { span::free_span(s.seg, s.idx, 60) };
+        }
+        decay::tick(true);
+        let h = huge::alloc_huge(3 << 20, 16).expect("a huge mapping");
+        // SAFETY: nothing uses the object.
+        unsafe { huge::free_huge(h.seg) };
+        huge::cache_decay(true);
+        let guard = span::BACKEND.lock();
+        assert!(!crate::sync::syscalls_allowed(), "the check sees the lock");
+        drop(guard);
+        assert!(crate::sync::syscalls_allowed());
+    }
+
+    #[test]
     fn foreign_pointers_are_not_ours() {
         let x = 5u64;
         assert!(!registry::contains(segment_of(

@@ -36,7 +36,7 @@ pub(super) struct BackendState {
 // state; no thread affinity.
 unsafe impl Send for BackendState {}
 
-pub(super) static BACKEND: SpinLock<BackendState> = SpinLock::new(BackendState {
+pub(super) static BACKEND: SpinLock<BackendState> = SpinLock::new_no_syscalls(BackendState {
     avail: null_mut(),
     full: null_mut(),
     next_tick: 0,

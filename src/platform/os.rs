@@ -56,6 +56,10 @@ pub fn fits_address_width(start: usize, len: usize) -> bool {
 /// to `align` (a power of two; at least the page size is used). Returns null when the OS (or the
 /// test hook) refuses, or when the kernel placed the mapping above [`ADDRESS_BITS`].
 pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
+    debug_assert!(
+        crate::sync::syscalls_allowed(),
+        "mmap under the back-end lock"
+    );
     if fail::refuses(Call::Map) {
         return core::ptr::null_mut();
     }
@@ -108,6 +112,10 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
 /// # Safety
 /// `ptr..ptr+len` was mapped by [`map_aligned`] and nothing refers to it any more.
 pub unsafe fn unmap(ptr: *mut u8, len: usize) {
+    debug_assert!(
+        crate::sync::syscalls_allowed(),
+        "munmap under the back-end lock"
+    );
     let len = round_to_pages(len).unwrap_or(len);
     // SAFETY: the caller guarantees the range is ours and unused.
     unsafe {
@@ -123,6 +131,10 @@ pub unsafe fn unmap(ptr: *mut u8, len: usize) {
 /// # Safety
 /// The range lies inside memory of ours that holds no live object.
 pub unsafe fn purge(ptr: *mut u8, len: usize) {
+    debug_assert!(
+        crate::sync::syscalls_allowed(),
+        "madvise under the back-end lock"
+    );
     // SAFETY: the caller guarantees the range is ours and free.
     unsafe {
         libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_DONTNEED);

@@ -8,7 +8,8 @@
 //! that holding the guard is the proof that the lock is held.
 //!
 //! Lock order (outer to inner), the same everywhere and in `fork`'s prepare handler: scope tree
-//! lock → scope node lock → cache lock → back-end lock → huge-cache lock → pool locks. The
+//! lock → scope node lock → cache lock → sweep-list lock → back-end lock → huge-cache lock →
+//! pool locks. The
 //! allocator never takes a lock it may already hold, and never allocates or calls back into
 //! itself while holding one.
 
@@ -103,6 +104,9 @@ impl Default for RawLock {
 /// [`SpinLock::lock`] returns, and the lock is released when the guard is dropped.
 pub struct SpinLock<T> {
     raw: RawLock,
+    /// No system call may run while this lock is held (checked in debug builds: the platform
+    /// layer asserts [`syscalls_allowed`]).
+    no_syscalls: bool,
     data: UnsafeCell<T>,
 }
 
@@ -117,6 +121,18 @@ impl<T> SpinLock<T> {
     pub const fn new(data: T) -> Self {
         SpinLock {
             raw: RawLock::new(),
+            no_syscalls: false,
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// An unlocked lock around `data` under which no system call may run (the back end's:
+    /// every other thread that needs it would spin through the call).
+    #[cfg(not(loom))]
+    pub const fn new_no_syscalls(data: T) -> Self {
+        SpinLock {
+            raw: RawLock::new(),
+            no_syscalls: true,
             data: UnsafeCell::new(data),
         }
     }
@@ -126,6 +142,7 @@ impl<T> SpinLock<T> {
     pub fn new(data: T) -> Self {
         SpinLock {
             raw: RawLock::new(),
+            no_syscalls: false,
             data: UnsafeCell::new(data),
         }
     }
@@ -134,6 +151,10 @@ impl<T> SpinLock<T> {
     #[inline]
     pub fn lock(&self) -> SpinGuard<'_, T> {
         self.raw.lock();
+        #[cfg(all(debug_assertions, not(loom)))]
+        if self.no_syscalls {
+            NO_SYSCALLS.with(|d| d.set(d.get() + 1));
+        }
         SpinGuard { lock: self }
     }
 
@@ -172,8 +193,28 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {
+        #[cfg(all(debug_assertions, not(loom)))]
+        if self.lock.no_syscalls {
+            NO_SYSCALLS.with(|d| d.set(d.get() - 1));
+        }
         self.lock.raw.unlock();
     }
+}
+
+#[cfg(all(debug_assertions, not(loom)))]
+thread_local! {
+    /// Debug builds: how many locks under which no system call may run this thread holds.
+    static NO_SYSCALLS: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+/// Whether this thread may make a system call: it holds no lock made with
+/// [`SpinLock::new_no_syscalls`]. Always true in release builds (the check is for debug builds).
+#[inline]
+pub fn syscalls_allowed() -> bool {
+    #[cfg(all(debug_assertions, not(loom)))]
+    return NO_SYSCALLS.with(|d| d.get() == 0);
+    #[cfg(not(all(debug_assertions, not(loom))))]
+    true
 }
 
 #[cfg(not(loom))]
