@@ -6,6 +6,11 @@ pub fn os_fail_after(n: Option<u64>) {
     crate::platform::fail::set_fail_after(crate::platform::fail::Call::Map, n);
 }
 
+/// OS mappings asked for since start (refused ones included).
+pub fn os_map_calls() -> u64 {
+    crate::platform::fail::calls(crate::platform::fail::Call::Map)
+}
+
 /// `Some(k)`: the next k `pthread_key_create` calls succeed, then every one fails until
 /// `key_create_fail_after(None)`.
 pub fn key_create_fail_after(n: Option<u64>) {

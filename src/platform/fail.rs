@@ -19,6 +19,19 @@ const OFF: u64 = u64::MAX;
 static MAP_AFTER: AtomicU64 = AtomicU64::new(OFF);
 static KEY_AFTER: AtomicU64 = AtomicU64::new(OFF);
 
+static MAP_CALLS: AtomicU64 = AtomicU64::new(0);
+static KEY_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Calls of this kind made so far (refused ones included), for tests that sweep a failure over
+/// every call a workload makes.
+pub fn calls(call: Call) -> u64 {
+    match call {
+        Call::Map => &MAP_CALLS,
+        Call::KeyCreate => &KEY_CALLS,
+    }
+    .load(Ordering::Relaxed)
+}
+
 fn counter(call: Call) -> &'static AtomicU64 {
     match call {
         Call::Map => &MAP_AFTER,
@@ -33,6 +46,11 @@ pub fn set_fail_after(call: Call, n: Option<u64>) {
 
 /// Whether this call must fail (and, if it may succeed, one fewer success remains).
 pub fn refuses(call: Call) -> bool {
+    match call {
+        Call::Map => &MAP_CALLS,
+        Call::KeyCreate => &KEY_CALLS,
+    }
+    .fetch_add(1, Ordering::Relaxed);
     let c = counter(call);
     let mut cur = c.load(Ordering::Relaxed);
     loop {
