@@ -87,7 +87,8 @@ scopealloc_scope_t *scopealloc_current(void);
 /*
  * Creates a scope named `name` (NULL: ""; names are cut to 63 bytes, bytes that are not
  * UTF-8 become '?') as a child of `parent` (NULL: of the calling thread's current scope; a
- * closed parent: of its nearest open ancestor). Returns a new handle on it.
+ * closed parent: of its nearest open ancestor). Returns a new handle on it, or NULL with
+ * errno = ENOMEM when the OS refuses memory for the scope's metadata.
  */
 scopealloc_scope_t *scopealloc_scope_new(scopealloc_scope_t *parent, const char *name);
 

@@ -10,6 +10,7 @@
 //! A `NULL` handle is accepted everywhere and does nothing (or reports `EINVAL`); any other
 //! pointer that is not a live handle is undefined behaviour, as for `free`.
 
+use crate::out::set_errno;
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::mem::ManuallyDrop;
 use core::ptr::null;
@@ -96,7 +97,8 @@ pub extern "C" fn scopealloc_current() -> Handle {
     Scope::current().into_raw()
 }
 
-/// A new child of `parent` (`NULL`: of the current scope) named `name`.
+/// A new child of `parent` (`NULL`: of the current scope) named `name`; `NULL` with `errno`
+/// `ENOMEM` when the OS refuses memory for its metadata.
 ///
 /// # Safety
 /// `parent` is null or a live handle; `name` is null or a NUL-terminated string.
@@ -105,11 +107,18 @@ pub unsafe extern "C" fn scopealloc_scope_new(parent: Handle, name: *const c_cha
     // SAFETY: name's contract is the caller's.
     unsafe {
         with_name(name, |name| {
-            if parent.is_null() {
-                Scope::new(name).into_raw()
+            let made = if parent.is_null() {
+                Scope::current().try_child(name)
             } else {
                 // SAFETY: parent is a live handle (caller).
-                with(parent, |p| p.child(name).into_raw())
+                with(parent, |p| p.try_child(name))
+            };
+            match made {
+                Some(s) => s.into_raw(),
+                None => {
+                    set_errno(libc::ENOMEM);
+                    null()
+                }
             }
         })
     }

@@ -115,13 +115,29 @@ impl Scope {
 
     /// A new child of this scope (of its nearest open ancestor if this one is closed). Names
     /// longer than 63 bytes are truncated.
+    ///
+    /// When the OS refuses memory for the scope's own metadata (about 1 KiB, from the
+    /// allocator's pools), this prints one line and aborts, as Rust does when an allocation
+    /// fails; [`Scope::try_child`] returns `None` instead.
     pub fn child(&self, name: &str) -> Scope {
+        match self.try_child(name) {
+            Some(s) => s,
+            None => crate::platform::os::fatal(b"out of memory for scope metadata"),
+        }
+    }
+
+    /// [`Scope::child`], or `None` when the OS refuses memory for the scope's metadata.
+    ///
+    /// ```
+    /// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+    /// let req = scopealloc::Scope::root().try_child("request").expect("metadata");
+    /// assert_eq!(req.name(), "request");
+    /// ```
+    pub fn try_child(&self, name: &str) -> Option<Scope> {
         // SAFETY: this handle holds a user handle on the node, which keeps it alive.
         let n = unsafe { scope::create_child(self.n(), name) };
-        Scope {
-            // SAFETY: create_child returns a node with one handle for us.
-            node: unsafe { NonNull::new_unchecked(n) },
-        }
+        // create_child returns null (refused) or a node with one handle for us.
+        NonNull::new(n).map(|node| Scope { node })
     }
 
     /// The name.

@@ -36,7 +36,6 @@ use super::size_class::NCLASSES;
 use super::stats::{self, Usage};
 use crate::accounting::counter::Counter;
 use crate::backend::pool::Pool;
-use crate::platform::os;
 use crate::sync::{
     AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering, RawLock, SpinGuard, SpinLock,
 };
@@ -199,14 +198,15 @@ pub unsafe fn nearest_live(mut n: *mut ScopeNode) -> *mut ScopeNode {
     n
 }
 
-/// Creates an open child of `parent` (or of its nearest open ancestor). Returns it with one handle.
+/// Creates an open child of `parent` (or of its nearest open ancestor). Returns it with one
+/// handle, or null when the OS refuses memory for its metadata.
 ///
 /// # Safety
 /// `parent` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
 pub unsafe fn create_child(parent: *mut ScopeNode, name: &str) -> *mut ScopeNode {
     let n = SCOPES.alloc();
     if n.is_null() {
-        os::fatal(b"out of memory for scope metadata");
+        return n; // the OS refused the metadata
     }
     let tree = tree_lock();
     // SAFETY: the caller holds a reference on parent.
