@@ -1342,3 +1342,56 @@ fn stats_and_close_of_a_scope_100_000_levels_deep_walk_without_recursion() {
     drop(v);
     drop(all);
 }
+
+#[test]
+fn a_scope_that_allocated_a_few_bytes_reports_a_peak_near_them() {
+    // Before, the first refill charged a whole 64 KiB batch: a scope that allocated 100 bytes
+    // reported a 64 KiB peak.
+    let s = Scope::root().child("few-bytes");
+    let v = s.run(|| vec![7u8; 100]);
+    let st = s.stats();
+    let usable = unsafe { scopealloc::usable_size(v.as_ptr()) } as u64;
+    assert_eq!(st.bytes, usable);
+    assert!(st.peak_bytes <= usable + 4096, "{st:?}");
+    assert!(st.charged_bytes <= usable + 8192, "{st:?}");
+    drop(v);
+}
+
+#[test]
+fn the_peak_exceeds_the_live_peak_by_at_most_an_eighth_on_one_thread() {
+    let s = Scope::root().child("peak-bound");
+    let _g = s.enter();
+    let mut v: Vec<Box<[u8; 64]>> = Vec::with_capacity(20_000);
+    let mut live_peak = 0u64;
+    for i in 0..20_000 {
+        v.push(Box::new([i as u8; 64]));
+        if i % 1000 == 999 {
+            let st = s.stats();
+            live_peak = live_peak.max(st.bytes);
+            // The peak is taken at refill time: at most an eighth of the live bytes (at least
+            // 4 KiB) plus one object beyond the live peak.
+            assert!(
+                st.peak_bytes <= live_peak + (live_peak / 8).max(4096) + 64,
+                "{st:?}, live peak {live_peak}"
+            );
+            assert!(
+                st.charged_bytes <= st.bytes + (st.bytes / 4).max(8192),
+                "{st:?}"
+            );
+        }
+    }
+    v.truncate(10);
+    let st = s.stats();
+    assert!(
+        st.charged_bytes <= st.bytes + (st.bytes / 4).max(8192),
+        "after frees a stock drains: {st:?}"
+    );
+    drop(v);
+    let st = s.stats();
+    eprintln!("all freed: {st:?}");
+    assert_eq!(st.bytes, 0);
+    assert!(
+        st.charged_bytes <= 8192,
+        "a scope holding nothing keeps a small stock: {st:?}"
+    );
+}

@@ -37,7 +37,7 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
                 (*c).push_abandoned(s);
                 // Remote frees that raced with the hand-over are taken now, under the lock.
                 let n = protocol::abandon_locked(s);
-                (*t).stock += n as i64 * (*s).block_size as i64;
+                (*t).stock.avail += n as i64 * (*s).block_size as i64;
                 if (*s).used.load(Ordering::Relaxed) == 0 {
                     sweep_abandoned_locked(c, s, None);
                 } else {

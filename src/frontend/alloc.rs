@@ -3,8 +3,8 @@
 //! ```text
 //! alloc_small(class)
 //!   t = TLS.table; s = t.current[class]; b = s.free
-//!   b == null or t.stock < size ──► refill::alloc_slow(class)   (cold)
-//!   pop: s.free = b.next; allocs += 1; used += 1; t.stock -= size
+//!   b == null or t.stock.avail < size ──► refill::alloc_slow(class)   (cold)
+//!   pop: s.free = b.next; allocs += 1; used += 1; t.stock.avail -= size
 //! ```
 
 use super::refill::alloc_slow;
@@ -32,7 +32,7 @@ pub unsafe fn alloc_small(class: usize) -> *mut u8 {
         let s = *(*t).current.get_unchecked(class);
         let b = (*s).free;
         let size = *SIZES.get_unchecked(class) as i64;
-        if b.is_null() || (*t).stock < size {
+        if b.is_null() || (*t).stock.avail < size {
             return alloc_slow(class);
         }
         pop(t, s, b, size)
@@ -49,7 +49,7 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
     // SAFETY: t and s are this thread's (the contract), so only this thread writes the free list,
     // `used`, `allocs` and the stock; b is the head of s's free list, a free block of s.
     unsafe {
-        debug_assert!((*t).stock >= size);
+        debug_assert!((*t).stock.avail >= size);
         (*s).free = (*b).next;
         // Owner-only counters, read by statistics: `allocs` first, so that a reader (which loads
         // `allocs` before `used`) never sees more objects than allocations. Relaxed: the reader
@@ -58,7 +58,7 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
             .store((*s).allocs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         (*s).used
             .store((*s).used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        (*t).stock -= size;
+        (*t).stock.avail -= size;
         b as *mut u8
     }
 }

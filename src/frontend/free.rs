@@ -11,12 +11,10 @@
 
 use super::abandon::sweep_abandoned_locked;
 use super::large::free_large;
-use super::refill::drain_stock;
 use super::table::list_remove;
 use super::table::owner_table;
 use super::table::Table;
 use super::thread_heap::tls_heap;
-use crate::accounting::stock::{STOCK_BATCH, STOCK_HIGH};
 use crate::objects::cache::{self};
 use crate::objects::protocol::{self, NotOwnedFree};
 use crate::objects::slab::{
@@ -57,8 +55,8 @@ pub unsafe fn free(p: *mut u8) {
             let used = (*s).used.load(Ordering::Relaxed) - 1;
             (*s).used.store(used, Ordering::Relaxed);
             let t = owner_table(s);
-            (*t).stock += (*s).block_size as i64;
-            if used == (*s).release_at || (*t).stock > STOCK_HIGH {
+            (*t).stock.avail += (*s).block_size as i64;
+            if used == (*s).release_at || (*t).stock.avail > (*t).stock.high {
                 free_local_tail(t, s);
             }
             return;
@@ -72,8 +70,8 @@ pub unsafe fn free(p: *mut u8) {
 pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
     // SAFETY: t and s are this thread's.
     unsafe {
-        if (*t).stock > STOCK_HIGH {
-            drain_stock(t, STOCK_BATCH);
+        if (*t).stock.avail > (*t).stock.high {
+            (*t).stock.drain_to_mark(&(*(*t).scope).counter);
         }
         if (*s).used.load(Ordering::Relaxed) == 0 && (*t).current[(*s).class as usize] != s {
             release_slab(t, s);

@@ -10,7 +10,6 @@ use super::table::{list_move_to_tail, list_push, table_for};
 use super::thread_heap::heap_or_init;
 use super::thread_heap::refused_table;
 use super::thread_heap::{set_refused, set_tls_table, take_refused, tls_table, Heap};
-use crate::accounting::stock;
 use crate::backend::segment::PAGE_SIZE;
 use crate::backend::span;
 use crate::objects::cache::{self, CacheLookup};
@@ -46,7 +45,7 @@ pub(super) fn alloc_slow(class: usize) -> *mut u8 {
             if t.is_null() {
                 return null_mut(); // no table for the thread's scope: refused, not elsewhere
             }
-            if (*t).stock < size && !refill(heap, t, size) {
+            if (*t).stock.avail < size && !refill(heap, t, size) {
                 return null_mut();
             }
             match find_slab(heap, t, class) {
@@ -183,7 +182,7 @@ pub(super) unsafe fn take_remote_frees(s: *mut Slab) {
     // SAFETY: s is owned by this thread.
     unsafe {
         let n = (*s).take_remote();
-        (*owner_table(s)).stock += n as i64 * (*s).block_size as i64;
+        (*owner_table(s)).stock.avail += n as i64 * (*s).block_size as i64;
     }
 }
 
@@ -275,13 +274,13 @@ pub(super) unsafe fn refill(heap: *mut Heap, t: *mut Table, need: i64) -> bool {
     // SAFETY: t is this thread's table, which holds a reference on its scope.
     unsafe {
         let counter = &(*(*t).scope).counter;
-        if stock::refill(&mut (*t).stock, counter, need).is_ok() {
+        if (*t).stock.refill(counter, need).is_ok() {
             return true;
         }
         // Reclaim: this thread's stocks everywhere, and its remote frees.
         drain_stocks_except(heap, t);
         take_all_remote_frees(t);
-        match stock::refill_exact(&mut (*t).stock, counter, need) {
+        match (*t).stock.refill_exact(counter, need) {
             Ok(()) => true,
             Err(hit) => {
                 hit.count_limit_hit();
@@ -297,7 +296,7 @@ pub(super) unsafe fn refill(heap: *mut Heap, t: *mut Table, need: i64) -> bool {
 /// `t` is a live table of this thread.
 pub(super) unsafe fn drain_stock(t: *mut Table, keep: i64) {
     // SAFETY: t is this thread's, and holds a reference on its scope.
-    unsafe { stock::drain(&mut (*t).stock, &(*(*t).scope).counter, keep) }
+    unsafe { (*t).stock.drain(&(*(*t).scope).counter, keep) }
 }
 
 /// Returns the whole stock of every table of `heap` but `except` to the scope counters, before a

@@ -3,6 +3,7 @@
 
 use super::abandon::abandon_table;
 use super::thread_heap::{tls_table, Heap};
+use crate::accounting::stock::Stock;
 use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
 use crate::objects::size_class::NCLASSES;
@@ -31,8 +32,9 @@ fn count_visit() {
 pub struct Table {
     /// Per class, the slab the fast path pops from (`EMPTY_SLAB` when none).
     pub current: [*mut Slab; NCLASSES],
-    /// Bytes charged to `scope` in advance and not yet handed out.
-    pub stock: i64,
+    /// Bytes charged to `scope` in advance (`avail`, what the fast path consumes), the drain mark
+    /// the free path compares with, and what the stock holds charged.
+    pub stock: Stock,
     /// The heap whose list holds this table; null once orphaned (kept pinned past its thread's
     /// heap, see `abandon_heap`).
     pub heap: *mut Heap,
@@ -56,7 +58,7 @@ pub(super) struct EmptyTable(UnsafeCell<Table>);
 unsafe impl Sync for EmptyTable {}
 pub(super) static EMPTY_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
     current: [EMPTY_SLAB.0.get(); NCLASSES],
-    stock: 0,
+    stock: Stock::EMPTY,
     heap: null_mut(),
     scope: null_mut(),
     lists: [null_mut(); NCLASSES],
@@ -70,7 +72,7 @@ pub(super) static EMPTY_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
 /// the empty table, never written, so every allocation takes the slow path, which retries.
 pub(super) static REFUSED_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
     current: [EMPTY_SLAB.0.get(); NCLASSES],
-    stock: 0,
+    stock: Stock::EMPTY,
     heap: null_mut(),
     scope: null_mut(),
     lists: [null_mut(); NCLASSES],
@@ -128,7 +130,7 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
             (*t).current[c] = empty_slab();
             (*t).lists[c] = null_mut();
         }
-        (*t).stock = 0;
+        (*t).stock = Stock::EMPTY;
         (*t).heap = h;
         scope::node_get(s);
         (*t).scope = s;

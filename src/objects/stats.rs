@@ -20,11 +20,13 @@ pub struct ScopeStats {
     pub objects: u64,
     /// Live objects of this scope itself.
     pub self_objects: u64,
-    /// High-water mark of `charged_bytes` since creation or `Scope::reset_peak`.
+    /// High-water mark of `charged_bytes` since creation or `Scope::reset_peak`: above the peak
+    /// of live bytes by at most `max(4 KiB, live / 8)` plus one object per thread that
+    /// allocated in the scope (stocks grow with the live bytes).
     pub peak_bytes: u64,
     /// Bytes held against the limit: live bytes plus what per-thread stocks hold in advance
-    /// (at most 128 KiB per thread that allocated in the scope) and remote frees not yet
-    /// collected by their slab's thread.
+    /// (at most `max(8 KiB, live / 4)`, 128 KiB at most, per thread that allocated in the scope)
+    /// and remote frees not yet collected by their slab's thread.
     pub charged_bytes: u64,
     /// Allocations charged here since creation, descendants included.
     pub allocs: u64,
