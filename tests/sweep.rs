@@ -31,9 +31,11 @@ fn the_sweep_looks_only_at_caches_with_abandoned_slabs_a_batch_per_hold() {
             s.run(|| {
                 // SAFETY: a non-zero layout; freed at once with the same layout.
                 unsafe {
-                    let p = alloc(big);
+                    // black_box: an unused allocation may be elided in release builds.
+                    let p = std::hint::black_box(alloc(big));
                     assert!(!p.is_null());
-                    dealloc(p, big);
+                    p.write(1);
+                    dealloc(std::hint::black_box(p), big);
                 }
             });
             s
