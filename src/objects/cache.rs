@@ -175,6 +175,7 @@ fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
                 (*s).lock.lock();
                 (*s).caches[class].store(c, Ordering::Release);
                 (*s).lock.unlock();
+                (*s).cache_mask[class / 64] |= 1 << (class % 64);
                 true
             }
         }

@@ -77,6 +77,9 @@ pub struct ScopeNode {
     pub(super) reparented: *mut Cache,
     /// Scratch of a close: the subtree's usage before the close (see `close`).
     pub(super) scratch: Usage,
+    /// Bit `k` set: `caches[k]` holds a cache (under TREE_LOCK), so that statistics and close
+    /// visit only the slots in use.
+    pub(super) cache_mask: [u64; 2],
     /// The scope's caches by class (`LARGE_CLASS` last); written under TREE_LOCK and the node
     /// lock, read under the node lock.
     pub(super) caches: [AtomicPtr<Cache>; NCLASSES + 1],
@@ -110,6 +113,7 @@ impl ScopeNode {
             prev_sibling: null_mut(),
             reparented: null_mut(),
             scratch: Usage::ZERO,
+            cache_mask: [0; 2],
             caches: [const { AtomicPtr::new(null_mut()) }; NCLASSES + 1],
             name_len: 4,
             name,
@@ -227,6 +231,7 @@ pub unsafe fn create_child(parent: *mut ScopeNode, name: &str) -> *mut ScopeNode
         (*n).final_frees.store(0, Ordering::Relaxed);
         (*n).first_child = null_mut();
         (*n).reparented = null_mut();
+        (*n).cache_mask = [0; 2];
         for c in (*n).caches.iter() {
             c.store(null_mut(), Ordering::Relaxed);
         }
@@ -343,25 +348,30 @@ unsafe fn close_node(_tree: &TreeGuard, x: *mut ScopeNode, target: *mut ScopeNod
         (*x).prev_sibling = null_mut();
         // Each cache leaves the array under the node lock, then is killed and pointed at
         // `target` under its own lock; `target` gains the cache's reference that `x` loses.
-        super::protocol::close_slots(
-            &(*x).lock,
-            &(*x).caches,
-            |c| {
-                node_get(target);
-                // close_slots holds c's lock, and we hold the tree lock: the two locks that
-                // guard `Cache::scope`.
-                (*c).scope = target;
-            },
-            |c, release_now| {
-                super::cache::DYING_CACHES.fetch_add(1, Ordering::Relaxed);
-                // We hold the tree lock; c is dying and on no reparented list yet.
-                link_reparented(target, c);
-                node_put(x);
-                if release_now {
-                    super::cache::release_cache_tree_locked(_tree, c);
-                }
-            },
-        );
+        let in_use = (*x).cache_mask != [0; 2];
+        (*x).cache_mask = [0; 2];
+        // A scope that never allocated has no cache: skip the node lock and the slots.
+        if in_use {
+            super::protocol::close_slots(
+                &(*x).lock,
+                &(*x).caches,
+                |c| {
+                    node_get(target);
+                    // close_slots holds c's lock, and we hold the tree lock: the two locks that
+                    // guard `Cache::scope`.
+                    (*c).scope = target;
+                },
+                |c, release_now| {
+                    super::cache::DYING_CACHES.fetch_add(1, Ordering::Relaxed);
+                    // We hold the tree lock; c is dying and on no reparented list yet.
+                    link_reparented(target, c);
+                    node_put(x);
+                    if release_now {
+                        super::cache::release_cache_tree_locked(_tree, c);
+                    }
+                },
+            );
+        }
         while !(*x).reparented.is_null() {
             let c = (*x).reparented;
             (*x).reparented = (*c).rnext;

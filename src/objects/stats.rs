@@ -98,10 +98,15 @@ unsafe fn self_usage(x: *mut ScopeNode) -> Usage {
     let mut f = Usage::default();
     // SAFETY: the tree lock guards the caches array's writers and the reparented list.
     unsafe {
-        for slot in (*x).caches.iter() {
-            let c = slot.load(Ordering::Acquire);
-            if !c.is_null() {
-                f.add(cache_usage(c));
+        for (w, &word) in (*x).cache_mask.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let class = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let c = (*x).caches[class].load(Ordering::Acquire);
+                if !c.is_null() {
+                    f.add(cache_usage(c));
+                }
             }
         }
         let mut c = (*x).reparented;
