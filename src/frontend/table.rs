@@ -56,34 +56,29 @@ pub(super) struct EmptyTable(UnsafeCell<Table>);
 // SAFETY: the empty table is never written: its slabs have no free object, so every path that
 // would write it first takes the slow path, which replaces it.
 unsafe impl Sync for EmptyTable {}
-pub(super) static EMPTY_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
-    current: [EMPTY_SLAB.0.get(); NCLASSES],
-    stock: Stock::EMPTY,
-    heap: null_mut(),
-    scope: null_mut(),
-    lists: [null_mut(); NCLASSES],
-    pins: 0,
-    dead: false,
-    next: null_mut(),
-    hnext: null_mut(),
-}));
+pub(super) static EMPTY_TABLE: EmptyTable = EmptyTable::new();
 
 /// The table of a thread whose scope's table could not be made (see `thread_heap::enter`): like
 /// the empty table, never written, so every allocation takes the slow path, which retries.
-pub(super) static REFUSED_TABLE: EmptyTable = EmptyTable(UnsafeCell::new(Table {
-    current: [EMPTY_SLAB.0.get(); NCLASSES],
-    stock: Stock::EMPTY,
-    heap: null_mut(),
-    scope: null_mut(),
-    lists: [null_mut(); NCLASSES],
-    pins: 0,
-    dead: false,
-    next: null_mut(),
-    hnext: null_mut(),
-}));
+pub(super) static REFUSED_TABLE: EmptyTable = EmptyTable::new();
 
 impl EmptyTable {
-    /// The empty table's address.
+    /// A table with no slab and no stock.
+    const fn new() -> EmptyTable {
+        EmptyTable(UnsafeCell::new(Table {
+            current: [EMPTY_SLAB.0.get(); NCLASSES],
+            stock: Stock::EMPTY,
+            heap: null_mut(),
+            scope: null_mut(),
+            lists: [null_mut(); NCLASSES],
+            pins: 0,
+            dead: false,
+            next: null_mut(),
+            hnext: null_mut(),
+        }))
+    }
+
+    /// The table's address.
     pub(super) const fn get(&self) -> *mut Table {
         self.0.get()
     }
