@@ -37,6 +37,7 @@
 //! modules (`accounting::percpu_ref`, `objects::scope`, `frontend`).
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
+#![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

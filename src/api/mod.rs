@@ -19,6 +19,14 @@ use crate::sync::Ordering;
 
 /// Returns to the OS all the free memory it can, now: this thread's empty slabs, empty slabs of
 /// exited threads, every free page, and the pages of released scope, table and heap metadata.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let v = vec![0u8; 8 << 20];
+/// drop(v);
+/// scopealloc::trim();
+/// assert_eq!(scopealloc::heap_stats().cached, 0, "no free page stays committed");
+/// ```
 pub fn trim() {
     maintenance::trim();
     scope::trim_pools();
@@ -28,6 +36,15 @@ pub fn trim() {
 /// How long free pages stay committed before the decay gives them back (default 1000 ms; 0 =
 /// at once). The decay runs on allocator activity (slab and large-object traffic) and at
 /// [`trim`].
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// scopealloc::set_decay_ms(0); // return free pages at once
+/// let v = vec![1u8; 1 << 20];
+/// drop(v);
+/// assert!(scopealloc::heap_stats().returned > 0);
+/// scopealloc::set_decay_ms(1000);
+/// ```
 pub fn set_decay_ms(ms: u64) {
     decay::DECAY_MS.store(ms, Ordering::Relaxed);
 }
@@ -36,6 +53,12 @@ pub fn set_decay_ms(ms: u64) {
 /// when the program makes no allocator calls, so that idle memory goes back to the OS; without
 /// it, the decay runs on allocator activity and at [`trim`]. Returns false if it was already
 /// running or the thread could not be spawned.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// assert!(scopealloc::start_background_decay());
+/// assert!(!scopealloc::start_background_decay(), "once per process");
+/// ```
 pub fn start_background_decay() -> bool {
     use std::sync::atomic::AtomicBool;
     static STARTED: AtomicBool = AtomicBool::new(false);
@@ -54,6 +77,14 @@ pub fn start_background_decay() -> bool {
 }
 
 /// Figures of the allocator's memory, for tests and benchmarks.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let v = vec![0u8; 1 << 20];
+/// let st = scopealloc::heap_stats();
+/// assert!(st.in_use >= 1 << 20 && st.mapped >= st.committed);
+/// drop(v);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapStats {
     /// Address space mapped from the OS now (segments, huge objects, metadata).
@@ -68,7 +99,7 @@ pub struct HeapStats {
     pub returned: usize,
 }
 
-/// Current [`HeapStats`].
+/// Current [`HeapStats`] (see there for an example).
 pub fn heap_stats() -> HeapStats {
     let (in_use, cached) = crate::backend::figures();
     let mapped = os::MAPPED.load(Ordering::Relaxed);
@@ -82,6 +113,16 @@ pub fn heap_stats() -> HeapStats {
 }
 
 /// Process-wide counts, to check that nothing leaks.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let before = scopealloc::global_stats();
+/// let s = scopealloc::Scope::root().child("short-lived");
+/// s.run(|| drop(vec![1u8; 100]));
+/// drop(s); // the last handle: the scope closes and, holding nothing, is released
+/// let after = scopealloc::global_stats();
+/// assert_eq!(after.live_scopes, before.live_scopes);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalStats {
     /// Open scopes, the root included.
@@ -97,7 +138,7 @@ pub struct GlobalStats {
     pub thread_heaps: usize,
 }
 
-/// Current [`GlobalStats`]. First retires the calling thread's tables of closed scopes (other
+/// Current [`GlobalStats`] (see there for an example). First drops the calling thread's tables of closed scopes (other
 /// threads retire theirs on their next allocator slow path, scope entry or exit).
 pub fn global_stats() -> GlobalStats {
     maintenance::drop_closed_tables();

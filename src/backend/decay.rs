@@ -21,6 +21,12 @@ use crate::sync::{AtomicU64, Ordering};
 /// Milliseconds a free page stays committed before the decay returns it; settable at run time.
 pub static DECAY_MS: AtomicU64 = AtomicU64::new(1000);
 
+/// Whether a tick is due, given the back end's `next_tick`: always when the decay is 0 (free
+/// pages go back at once).
+pub(super) fn due(next_tick: u64) -> bool {
+    DECAY_MS.load(Ordering::Relaxed) == 0 || os::now_ms() >= next_tick
+}
+
 /// Segments a tick handles without the lock at most; the rest wait for the next tick.
 const TICK_BATCH: usize = 32;
 

@@ -142,7 +142,7 @@ pub fn alloc_span(n: usize, align_pages: usize) -> Option<Span> {
         if let Some(i) = found {
             // SAFETY: seg is a mapped header on the avail list; we hold the lock.
             let span = unsafe { take_pages(st, seg, i, n) };
-            let due = os::now_ms() >= st.next_tick;
+            let due = decay::due(st.next_tick);
             drop(guard);
             if due {
                 decay::tick(false);
@@ -234,7 +234,7 @@ pub unsafe fn free_span(seg: *mut Segment, idx: usize, n: usize) {
             list_push(&mut st.avail, seg);
         }
     }
-    let due = os::now_ms() >= st.next_tick;
+    let due = decay::due(st.next_tick);
     drop(guard);
     if due {
         decay::tick(false);
