@@ -21,6 +21,18 @@ pub struct ScopeAlloc;
 
 impl ScopeAlloc {
     /// The allocator; all state is global, so this is free.
+    ///
+    /// ```
+    /// static A: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new(); // const
+    /// use std::alloc::{GlobalAlloc, Layout};
+    /// let l = Layout::new::<[u64; 4]>();
+    /// // SAFETY: a non-zero layout; freed with the same layout.
+    /// unsafe {
+    ///     let p = A.alloc(l);
+    ///     assert!(!p.is_null());
+    ///     A.dealloc(p, l);
+    /// }
+    /// ```
     pub const fn new() -> Self {
         ScopeAlloc
     }
@@ -158,6 +170,13 @@ unsafe impl GlobalAlloc for ScopeAlloc {
 }
 
 /// The usable size of an object: at least what was asked, often a little more.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let v: Vec<u8> = Vec::with_capacity(100);
+/// // SAFETY: the vector's buffer is a live object of the global allocator.
+/// assert!(unsafe { scopealloc::usable_size(v.as_ptr()) } >= 100);
+/// ```
 ///
 /// # Safety
 /// `ptr` is a live object of this allocator.

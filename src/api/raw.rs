@@ -14,6 +14,17 @@ fn c_size(size: usize) -> usize {
 
 /// `malloc`: 16-byte aligned; a unique pointer for size 0; null when out of memory.
 ///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: malloc is always safe; p is freed once.
+/// unsafe {
+///     let p = raw::malloc(100);
+///     assert!(!p.is_null() && p as usize % 16 == 0);
+///     raw::free(p);
+/// }
+/// ```
+///
 /// # Safety
 /// Always safe to call; unsafe for symmetry with `free`.
 #[inline]
@@ -28,6 +39,18 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
 }
 
 /// `calloc`: zeroed; null on overflow.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: the block is read within its size and freed once.
+/// unsafe {
+///     let p = raw::calloc(10, 10);
+///     assert!((0..100).all(|i| *p.add(i) == 0));
+///     raw::free(p);
+///     assert!(raw::calloc(usize::MAX, 2).is_null(), "the multiplication is checked");
+/// }
+/// ```
 ///
 /// # Safety
 /// Always safe to call.
@@ -46,6 +69,12 @@ pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
 
 /// `free` (null is a no-op).
 ///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// // SAFETY: null is a no-op.
+/// unsafe { scopealloc::raw::free(core::ptr::null_mut()) };
+/// ```
+///
 /// # Safety
 /// `ptr` is null or a live object of ours (check foreign pointers with [`owns`]).
 #[inline]
@@ -57,6 +86,19 @@ pub unsafe fn free(ptr: *mut u8) {
 }
 
 /// `realloc` (null → malloc). Size 0 is not special here.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: each pointer is live when used and freed once.
+/// unsafe {
+///     let p = raw::malloc(8);
+///     p.write(42);
+///     let q = raw::realloc(p, 100_000);
+///     assert_eq!(q.read(), 42, "contents move with the block");
+///     raw::free(q);
+/// }
+/// ```
 ///
 /// # Safety
 /// `ptr` is null or a live object of ours.
@@ -74,6 +116,17 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> *mut u8 {
 
 /// An object of `size` bytes aligned to `align` (a power of two).
 ///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: a power-of-two alignment; freed once.
+/// unsafe {
+///     let p = raw::aligned_alloc(4096, 100);
+///     assert_eq!(p as usize % 4096, 0);
+///     raw::free(p);
+/// }
+/// ```
+///
 /// # Safety
 /// Always safe to call with a power-of-two `align`.
 pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
@@ -81,6 +134,17 @@ pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 }
 
 /// `malloc_usable_size`.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: p is live until freed.
+/// unsafe {
+///     let p = raw::malloc(100);
+///     assert!(raw::usable_size(p) >= 100);
+///     raw::free(p);
+/// }
+/// ```
 ///
 /// # Safety
 /// `ptr` is a live object of ours.
@@ -94,18 +158,55 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 /// [`is_block_start`]), or at a live large or huge object (a freed large or huge object's pages are no longer ours to
 /// describe, so it reads as foreign; and once a freed span is reused by a new object at the
 /// same address, a late double free of the old one cannot be told from a free of the new).
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// let x = 5u64;
+/// assert!(!raw::owns(&x as *const u64 as *const u8), "a stack address is foreign");
+/// // SAFETY: freed once.
+/// unsafe {
+///     let p = raw::malloc(10);
+///     assert!(raw::owns(p));
+///     raw::free(p);
+/// }
+/// ```
 pub fn owns(ptr: *const u8) -> bool {
     slab::owns(ptr)
 }
 
 /// [`owns`], and `ptr` is exactly the start of an object, not inside one (costs a division;
 /// for `SCOPEALLOC_CHECK=1`).
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: freed once.
+/// unsafe {
+///     let p = raw::malloc(64);
+///     assert!(raw::is_block_start(p));
+///     assert!(raw::owns(p.add(8)) && !raw::is_block_start(p.add(8)), "inside a block");
+///     raw::free(p);
+/// }
+/// ```
 pub fn is_block_start(ptr: *const u8) -> bool {
     slab::is_block_start(ptr)
 }
 
 /// Best-effort double-free check (`SCOPEALLOC_CHECK=1`): true if `ptr` (ours) is already free
 /// in a slab of this thread, or describes no live large object.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: p is ours (owns says so); it is freed once, then only looked at.
+/// unsafe {
+///     let p = raw::malloc(48);
+///     assert!(!raw::is_double_free(p));
+///     raw::free(p);
+///     assert!(raw::is_double_free(p), "a freed block on this thread's free list");
+/// }
+/// ```
 ///
 /// # Safety
 /// `ptr` points into memory of ours ([`owns`] said so).

@@ -29,6 +29,11 @@ const fn build_lookup() -> [u8; LOOKUP_MAX / 8 + 1] {
 }
 
 /// The class of a size in `1..=MAX_SMALL`, computed without tables.
+///
+/// ```
+/// use scopealloc::size_class::{class_of, class_of_slow};
+/// assert!((1..=4096).all(|n| class_of_slow(n) == class_of(n)));
+/// ```
 pub const fn class_of_slow(size: usize) -> usize {
     if size <= 128 {
         return if size == 0 { 0 } else { size.div_ceil(8) - 1 };
@@ -40,6 +45,12 @@ pub const fn class_of_slow(size: usize) -> usize {
 }
 
 /// The class of a size in `0..=MAX_SMALL` (0 maps to the 8-byte class).
+///
+/// ```
+/// use scopealloc::size_class::{class_of, class_size};
+/// assert_eq!(class_size(class_of(100)), 104);
+/// assert_eq!(class_size(class_of(0)), 8);
+/// ```
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
     if size <= LOOKUP_MAX {
@@ -50,6 +61,12 @@ pub fn class_of(size: usize) -> usize {
 }
 
 /// Object size of class `c`.
+///
+/// ```
+/// use scopealloc::size_class::{class_size, MAX_SMALL, NCLASSES};
+/// assert_eq!(class_size(0), 8);
+/// assert_eq!(class_size(NCLASSES - 1), MAX_SMALL);
+/// ```
 pub const fn class_size(c: usize) -> usize {
     if c < 16 {
         (c + 1) * 8
@@ -77,6 +94,13 @@ const fn build_sizes() -> [u32; NCLASSES] {
 /// The class serving `size` bytes at alignment `align` (a power of two), or `None` when the
 /// request must go to the large path. Alignments up to 8 bytes follow the size (every class is a
 /// multiple of 8); larger ones pick a class whose size is a multiple of the alignment.
+///
+/// ```
+/// use scopealloc::size_class::{class_for, class_size};
+/// let c = class_for(100, 64).unwrap();
+/// assert!(class_size(c) >= 100 && class_size(c) % 64 == 0);
+/// assert_eq!(class_for(1 << 20, 8), None, "large");
+/// ```
 #[inline]
 pub fn class_for(size: usize, align: usize) -> Option<usize> {
     if align <= 8 {

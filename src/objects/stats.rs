@@ -9,6 +9,17 @@ use crate::sync::Ordering;
 /// and its descendants (open ones, and closed ones reparented into it); `self_*` exclude open
 /// descendants. Closed scopes report zero for the live figures (they moved to the ancestor).
 /// `#[repr(C)]`: the C library hands it out as `struct scopealloc_stats`.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let s = scopealloc::Scope::root().child("figures");
+/// let v = s.run(|| vec![0u8; 1000]);
+/// let st = s.stats();
+/// assert_eq!((st.objects, st.allocs, st.frees), (1, 1, 0));
+/// assert!(st.bytes >= 1000 && st.charged_bytes >= st.bytes && st.peak_bytes >= st.bytes);
+/// drop(v);
+/// assert_eq!(s.stats().frees, 1);
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScopeStats {
