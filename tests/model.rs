@@ -1,0 +1,427 @@
+//! Randomized model testing: threads run random operation sequences against the allocator —
+//! alloc, `alloc_zeroed`, realloc and free of random sizes and alignments, frees of another
+//! thread's blocks, scope open / enter / close / set_limit — and after every round (threads
+//! quiet) the allocator is checked against a simple reference model of the live blocks and the
+//! scope tree: contents intact, every open scope's `bytes` and `objects` exact, no limit passed,
+//! no refusal earlier than the documented bound; every few rounds a `fork` child checks the same
+//! figures and frees everything.
+//!
+//! Reproduce a failure with the printed seed: `MODEL_SEED=<seed> cargo test --test model`.
+//! Sizes: `MODEL_THREADS` (2), `MODEL_ROUNDS` (40), `MODEL_OPS` (400 per thread and round);
+//! `scripts/model-long.sh` runs a long budget.
+
+mod common;
+
+use common::Rng;
+use scopealloc::{usable_size, Scope, ScopeAlloc};
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::{Arc, Barrier, Mutex};
+
+#[global_allocator]
+static GLOBAL: ScopeAlloc = ScopeAlloc::new();
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A scope of the model: which thread's subtree it is in, its parent, open or closed, its limit.
+struct Node {
+    scope: Scope,
+    parent: Option<usize>,
+    owner: usize,
+    open: bool,
+    limit: Option<usize>,
+}
+
+/// A live block of the model.
+#[derive(Clone, Copy)]
+struct Block {
+    ptr: usize,
+    layout: Layout,
+    usable: u64,
+    /// The scope it was charged to (a node index).
+    origin: usize,
+    tag: u8,
+}
+
+/// The model: the tree and the live blocks, per thread plus what is in transit to another
+/// thread. Its own memory is allocated in a scope of its own (`book`), never in the scopes it
+/// checks.
+struct Model {
+    nodes: Vec<Node>,
+    blocks: Vec<Vec<Block>>,
+    inbox: Vec<Vec<Block>>,
+}
+
+/// Slack of the early-refusal bound: each thread's stock in a scope (128 KiB at most) plus the
+/// bytes other threads freed but the owner has not collected yet (counted as live below).
+const STOCK_BOUND: u64 = 128 << 10;
+
+impl Model {
+    /// The nearest open node at or above `i`.
+    fn effective(&self, mut i: usize) -> usize {
+        while !self.nodes[i].open {
+            i = self.nodes[i].parent.expect("the top is never closed");
+        }
+        i
+    }
+
+    fn is_under(&self, mut i: usize, top: usize) -> bool {
+        loop {
+            if i == top {
+                return true;
+            }
+            match self.nodes[i].parent {
+                Some(p) => i = p,
+                None => return false,
+            }
+        }
+    }
+
+    fn all_blocks(&self) -> impl Iterator<Item = &Block> {
+        self.blocks.iter().chain(self.inbox.iter()).flatten()
+    }
+
+    /// (bytes, objects) of live blocks charged in the subtree of open node `n`.
+    fn expected(&self, n: usize) -> (u64, u64) {
+        let mut b = 0;
+        let mut o = 0;
+        for blk in self.all_blocks() {
+            if self.is_under(self.effective(blk.origin), n) {
+                b += blk.usable;
+                o += 1;
+            }
+        }
+        (b, o)
+    }
+}
+
+fn fill(b: &Block) {
+    // SAFETY: the block is live and holds layout.size() bytes.
+    unsafe { (b.ptr as *mut u8).write_bytes(b.tag, b.layout.size()) };
+}
+
+fn intact(b: &Block) -> bool {
+    // SAFETY: as in `fill`.
+    unsafe { core::slice::from_raw_parts(b.ptr as *const u8, b.layout.size()) }
+        .iter()
+        .all(|&x| x == b.tag)
+}
+
+fn random_layout(rng: &mut Rng) -> Layout {
+    let size = match rng.below(100) {
+        0..=69 => rng.range(1, 512),
+        70..=94 => rng.range(513, 16 << 10),
+        95..=98 => rng.range(32 << 10, 400 << 10),
+        _ => rng.range(2 << 20, 5 << 20),
+    };
+    let align = [1, 8, 16, 64, 4096][rng.below(5)];
+    Layout::from_size_align(size, align).unwrap()
+}
+
+/// One thread's round: `ops` random operations in its own subtree.
+fn round(me: usize, threads: usize, ops: usize, rng: &mut Rng, model: &Mutex<Model>, book: &Scope) {
+    for _ in 0..ops {
+        let _g = book.enter(); // the model's own allocations go to `book`
+        let mut m = model.lock().unwrap();
+        // Blocks other threads sent here are freed here (a free from a non-owner thread).
+        let inbox = std::mem::take(&mut m.inbox[me]);
+        for b in inbox {
+            assert!(intact(&b), "a block in transit was overwritten");
+            // SAFETY: a live block of ours with this layout.
+            unsafe { GLOBAL.dealloc(b.ptr as *mut u8, b.layout) };
+        }
+        let mine: Vec<usize> = (0..m.nodes.len())
+            .filter(|&i| m.nodes[i].owner == me && m.nodes[i].open)
+            .collect();
+        let at = mine[rng.below(mine.len())];
+        match rng.below(100) {
+            // alloc / alloc_zeroed in a random open scope of this thread
+            0..=44 => {
+                let l = random_layout(rng);
+                let zeroed = rng.chance(20);
+                let s = m.nodes[at].scope.clone();
+                let p = s.run(|| {
+                    // SAFETY: non-zero layout.
+                    unsafe {
+                        if zeroed {
+                            GLOBAL.alloc_zeroed(l)
+                        } else {
+                            GLOBAL.alloc(l)
+                        }
+                    }
+                });
+                if p.is_null() {
+                    // Refused: only a limit on the chain, no earlier than the bound.
+                    let mut i = Some(at);
+                    let mut plausible = false;
+                    while let Some(n) = i {
+                        if let Some(lim) = m.nodes[n].limit {
+                            let (live, _) = m.expected(n);
+                            let slack = STOCK_BOUND * threads as u64 + (l.size() as u64) * 2;
+                            if live + l.size() as u64 + slack + (64 << 10) > lim as u64 {
+                                plausible = true;
+                            }
+                        }
+                        i = m.nodes[n].parent;
+                    }
+                    assert!(plausible, "refused with no limit near: {:?}", l);
+                    continue;
+                }
+                if zeroed {
+                    // SAFETY: p holds l.size() bytes.
+                    let z = unsafe { core::slice::from_raw_parts(p, l.size()) };
+                    assert!(
+                        z.iter().all(|&x| x == 0),
+                        "alloc_zeroed returned dirty memory"
+                    );
+                }
+                // SAFETY: p is live.
+                let usable = unsafe { usable_size(p) } as u64;
+                assert!(usable >= l.size() as u64 && (p as usize).is_multiple_of(l.align()));
+                let b = Block {
+                    ptr: p as usize,
+                    layout: l,
+                    usable,
+                    origin: at,
+                    tag: rng.next() as u8,
+                };
+                fill(&b);
+                m.blocks[me].push(b);
+            }
+            // free one of this thread's blocks
+            45..=64 => {
+                if !m.blocks[me].is_empty() {
+                    let k = rng.below(m.blocks[me].len());
+                    let b = m.blocks[me].swap_remove(k);
+                    assert!(intact(&b), "a live block was overwritten");
+                    // SAFETY: live, with this layout.
+                    unsafe { GLOBAL.dealloc(b.ptr as *mut u8, b.layout) };
+                }
+            }
+            // send a block to another thread, which frees it
+            65..=72 => {
+                if threads > 1 && !m.blocks[me].is_empty() {
+                    let k = rng.below(m.blocks[me].len());
+                    let b = m.blocks[me].swap_remove(k);
+                    let to = (me + 1 + rng.below(threads - 1)) % threads;
+                    m.inbox[to].push(b);
+                }
+            }
+            // realloc from whatever scope: the block keeps its origin
+            73..=82 => {
+                if !m.blocks[me].is_empty() {
+                    let k = rng.below(m.blocks[me].len());
+                    let b = m.blocks[me][k];
+                    assert!(intact(&b));
+                    let new = rng.range(1, 40 << 10);
+                    let s = m.nodes[at].scope.clone();
+                    // SAFETY: live block with this layout; new size non-zero.
+                    let q = s.run(|| unsafe { GLOBAL.realloc(b.ptr as *mut u8, b.layout, new) });
+                    if !q.is_null() {
+                        let l = Layout::from_size_align(new, b.layout.align()).unwrap();
+                        let keep = new.min(b.layout.size());
+                        // SAFETY: q holds at least `new` bytes.
+                        let moved = unsafe { core::slice::from_raw_parts(q, keep) };
+                        assert!(moved.iter().all(|&x| x == b.tag), "realloc lost contents");
+                        let nb = Block {
+                            ptr: q as usize,
+                            layout: l,
+                            // SAFETY: q is live.
+                            usable: unsafe { usable_size(q) } as u64,
+                            ..b
+                        };
+                        fill(&nb);
+                        m.blocks[me][k] = nb;
+                    }
+                }
+            }
+            // open a child
+            83..=89 => {
+                if mine.len() < 24 {
+                    let s = m.nodes[at].scope.child("m");
+                    m.nodes.push(Node {
+                        scope: s,
+                        parent: Some(at),
+                        owner: me,
+                        open: true,
+                        limit: None,
+                    });
+                }
+            }
+            // close a scope (not the thread's subtree top) and its descendants
+            90..=94 => {
+                if m.nodes[at].parent.is_some_and(|p| m.nodes[p].owner == me) {
+                    m.nodes[at].scope.close();
+                    for i in 0..m.nodes.len() {
+                        if m.is_under(i, at) {
+                            m.nodes[i].open = false;
+                        }
+                    }
+                }
+            }
+            // set or remove a limit, above what the subtree holds
+            _ => {
+                let (live, _) = m.expected(at);
+                let lim = if rng.chance(30) {
+                    None
+                } else {
+                    Some(live as usize + rng.range(64 << 10, 4 << 20))
+                };
+                m.nodes[at].scope.set_limit(lim);
+                m.nodes[at].limit = lim;
+            }
+        }
+    }
+}
+
+/// The checks at a quiet point: contents, exact figures of every open scope, limits.
+fn check(m: &Model, when: &str) -> Result<(), String> {
+    for b in m.all_blocks() {
+        if !intact(b) {
+            return Err(format!("{when}: a live block was overwritten"));
+        }
+    }
+    for (i, n) in m.nodes.iter().enumerate() {
+        if !n.open {
+            continue;
+        }
+        let st = n.scope.stats();
+        let (bytes, objects) = m.expected(i);
+        if (st.bytes, st.objects) != (bytes, objects) {
+            return Err(format!(
+                "{when}: scope {i}: allocator says {} B / {} objects, model {bytes} B / {objects}",
+                st.bytes, st.objects
+            ));
+        }
+        if st.objects > st.allocs || st.frees != st.allocs - st.objects {
+            return Err(format!("{when}: scope {i}: inconsistent {st:?}"));
+        }
+        if let Some(lim) = n.limit {
+            if st.charged_bytes > lim as u64 {
+                return Err(format!("{when}: scope {i}: limit {lim} passed: {st:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn random_operations_across_threads_match_the_reference_model() {
+    let seed = std::env::var("MODEL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let threads = env("MODEL_THREADS", 2) as usize;
+    let rounds = env("MODEL_ROUNDS", 40) as usize;
+    let ops = env("MODEL_OPS", 400) as usize;
+    eprintln!(
+        "model: MODEL_SEED={seed} MODEL_THREADS={threads} MODEL_ROUNDS={rounds} MODEL_OPS={ops}"
+    );
+
+    let book = Scope::root().child("model-book");
+    let top = Scope::root().child("model-top");
+    let model = {
+        let _g = book.enter();
+        let mut nodes = vec![Node {
+            scope: top.clone(),
+            parent: None,
+            owner: usize::MAX,
+            open: true,
+            limit: None,
+        }];
+        for t in 0..threads {
+            nodes.push(Node {
+                scope: top.child(&format!("thread-{t}")),
+                parent: Some(0),
+                owner: t,
+                open: true,
+                limit: None,
+            });
+        }
+        Arc::new(Mutex::new(Model {
+            nodes,
+            blocks: (0..threads).map(|_| Vec::new()).collect(),
+            inbox: (0..threads).map(|_| Vec::new()).collect(),
+        }))
+    };
+    let start = Arc::new(Barrier::new(threads + 1));
+    let done = Arc::new(Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (model, book, start, done) =
+                (model.clone(), book.clone(), start.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                for _ in 0..rounds {
+                    start.wait();
+                    round(t, threads, ops, &mut rng, &model, &book);
+                    done.wait();
+                }
+            })
+        })
+        .collect();
+    for r in 0..rounds {
+        start.wait();
+        done.wait();
+        let m = model.lock().unwrap();
+        if let Err(e) = check(&m, &format!("round {r}")) {
+            panic!("{e} (MODEL_SEED={seed})");
+        }
+        if r % 10 == 9 {
+            // SAFETY: the child only checks, frees and exits with _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                let code = match check(&m, "fork child") {
+                    Ok(()) => {
+                        for b in m.all_blocks() {
+                            // SAFETY: live blocks of ours (inherited), freed once.
+                            unsafe { GLOBAL.dealloc(b.ptr as *mut u8, b.layout) };
+                        }
+                        let st = top.stats();
+                        if (st.bytes, st.objects) == (0, 0) {
+                            0
+                        } else {
+                            3
+                        }
+                    }
+                    Err(_) => 2,
+                };
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(code) };
+            }
+            let mut status = 0;
+            // SAFETY: pid is our child.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "fork child at round {r} failed with {} (2: figures, 3: not zero after freeing all); MODEL_SEED={seed}",
+                libc::WEXITSTATUS(status)
+            );
+        }
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut m = model.lock().unwrap();
+    let _g = book.enter();
+    let m = &mut *m;
+    for list in m.blocks.iter_mut().chain(m.inbox.iter_mut()) {
+        for b in list.drain(..) {
+            // SAFETY: live, with this layout.
+            unsafe { GLOBAL.dealloc(b.ptr as *mut u8, b.layout) };
+        }
+    }
+    drop(_g);
+    let st = top.stats();
+    assert_eq!((st.bytes, st.objects), (0, 0), "MODEL_SEED={seed}");
+}
