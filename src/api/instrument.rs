@@ -15,6 +15,18 @@ use core::task::{Context, Poll};
 /// A future that runs `F` inside a scope: every `poll` of `F`, and its drop (destructors
 /// allocate and free too), happen with the scope entered. Made by [`Scope::instrument`]. It is
 /// `Send` when `F` is, and `Unpin` when `F` is.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::{Instrumented, Scope};
+/// fn send<T: Send>(t: T) -> T { t }
+/// let s = Scope::root().child("job");
+/// let job: Instrumented<_> = send(s.instrument(async { vec![0u8; 4096].len() }));
+/// let rt = tokio::runtime::Runtime::new().unwrap();
+/// assert_eq!(rt.block_on(rt.spawn(job)).unwrap(), 4096);
+/// assert_eq!(s.stats().bytes, 0); // the vector was charged to `job` and freed there
+/// assert!(s.stats().allocs >= 1);
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct Instrumented<F> {
     scope: Scope,

@@ -17,6 +17,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// What a scope still held when it closed: the live objects of it and of its descendants
 /// (they closed with it, or had closed into it before), which from then on are charged to the
 /// nearest open ancestor. See [`Scope::on_close_leaks`].
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::{CloseLeaks, Scope};
+/// use std::sync::{Arc, Mutex};
+/// let server = Scope::root().child("server");
+/// let last: Arc<Mutex<Option<CloseLeaks>>> = Arc::default();
+/// let l = last.clone();
+/// server.on_close_leaks(move |leaks| *l.lock().unwrap() = Some(leaks.clone()));
+/// let req = server.child("req");
+/// let kept: Vec<Box<[u8; 100]>> = req.run(|| (0..3).map(|_| Box::new([0; 100])).collect());
+/// req.close();
+/// let leaks = last.lock().unwrap().take().unwrap();
+/// assert_eq!(leaks.objects, 4); // three boxes and the vector holding them
+/// assert_eq!(leaks.bytes, leaks.classes.iter().map(|c| c.bytes).sum::<u64>());
+/// # drop(kept);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CloseLeaks {
@@ -33,6 +50,22 @@ pub struct CloseLeaks {
 }
 
 /// One row of [`CloseLeaks::classes`].
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::{ClassLeaks, Scope};
+/// use std::sync::{Arc, Mutex};
+/// let s = Scope::root().child("s");
+/// let rows: Arc<Mutex<Vec<ClassLeaks>>> = Arc::default();
+/// let r = rows.clone();
+/// s.on_close_leaks(move |leaks| r.lock().unwrap().extend(&leaks.classes));
+/// let (small, large) = s.run(|| (vec![0u8; 48], vec![0u8; 1 << 20]));
+/// s.close();
+/// let rows = rows.lock().unwrap();
+/// assert_eq!(rows[0].object_size, Some(48));
+/// assert_eq!((rows[1].object_size, rows[1].objects), (None, 1)); // large objects last
+/// # drop((small, large));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClassLeaks {
