@@ -47,8 +47,10 @@ impl Clone for Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        // SAFETY: this handle holds a user handle on the node, given up here (drop).
-        unsafe { scope::handle_put(self.node.as_ptr()) };
+        // SAFETY: this handle holds a user handle on the node, given up here (drop); the last
+        // one closes the scope (reporting leaks to the hooks that watch it), while its reference
+        // keeps the node alive.
+        unsafe { scope::handle_put_then(self.node.as_ptr(), |n| super::leaks::close(n)) };
     }
 }
 
@@ -85,8 +87,13 @@ impl Drop for ScopeGuard<'_> {
 }
 
 impl Scope {
-    fn from_node(n: *mut ScopeNode) -> Scope {
-        // SAFETY: the caller holds a reference on the live node n (a handle, or the tree's).
+    /// A new handle on `n`.
+    ///
+    /// # Safety
+    /// `n` is a live, non-null node on which the caller holds a reference (a handle, a
+    /// table's, a child's, a cache's, or one of the hook registries').
+    pub(super) unsafe fn from_node(n: *mut ScopeNode) -> Scope {
+        // SAFETY: the caller holds a reference on the live node n (the contract).
         unsafe { scope::handle_get(n) };
         Scope {
             // SAFETY: nodes are never null.
@@ -94,18 +101,21 @@ impl Scope {
         }
     }
 
-    fn n(&self) -> *mut ScopeNode {
+    pub(super) fn n(&self) -> *mut ScopeNode {
         self.node.as_ptr()
     }
 
     /// The root scope, which always exists and never closes.
     pub fn root() -> Scope {
-        Scope::from_node(scope::root())
+        // SAFETY: the root is static and never released.
+        unsafe { Scope::from_node(scope::root()) }
     }
 
     /// The calling thread's current scope.
     pub fn current() -> Scope {
-        Scope::from_node(thread_heap::current_scope())
+        // SAFETY: the current scope is the root or the scope of this thread's table, which holds
+        // a reference on it.
+        unsafe { Scope::from_node(thread_heap::current_scope()) }
     }
 
     /// A new child of the calling thread's current scope.
@@ -156,7 +166,8 @@ impl Scope {
     pub fn parent(&self) -> Option<Scope> {
         // SAFETY: the handle keeps the node, and so its parent, alive.
         let p = unsafe { (*self.n()).parent };
-        (!p.is_null()).then(|| Scope::from_node(p))
+        // SAFETY: a child holds a reference on its parent, and this handle keeps the child.
+        (!p.is_null()).then(|| unsafe { Scope::from_node(p) })
     }
 
     /// The open children.
@@ -226,7 +237,7 @@ impl Scope {
     /// ancestor. The root never closes.
     pub fn close(&self) {
         // SAFETY: this handle holds a user handle on the node, which keeps it alive.
-        unsafe { scope::close(self.n()) };
+        unsafe { super::leaks::close(self.n()) };
     }
 
     /// Whether the scope is closed.
@@ -259,7 +270,9 @@ impl Scope {
     /// # Safety
     /// `p` came from `into_raw` and has not been taken back.
     pub unsafe fn clone_from_raw(p: *const c_void) -> Scope {
-        Scope::from_node(p as *mut ScopeNode)
+        // SAFETY: p came from into_raw and was not taken back (the contract): it carries a
+        // handle on a live node.
+        unsafe { Scope::from_node(p as *mut ScopeNode) }
     }
 
     /// Enters the scope without a guard (for C): returns a token to give to

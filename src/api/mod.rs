@@ -1,15 +1,20 @@
 //! The public API: the `GlobalAlloc`, scope handles, statistics and controls, the raw C-shaped
 //! entry points and test hooks. The top layer: imports every layer below.
 
+mod events;
 mod global_alloc;
 mod handle;
+mod instrument;
+mod leaks;
 pub mod raw;
 #[doc(hidden)]
 pub mod testing;
 
-pub use crate::objects::stats::ScopeStats;
+pub use crate::objects::stats::{ScopeEvents, ScopeStats};
 pub use global_alloc::{usable_size, ScopeAlloc};
 pub use handle::{Scope, ScopeGuard};
+pub use instrument::Instrumented;
+pub use leaks::{ClassLeaks, CloseLeaks};
 
 use crate::backend::decay;
 use crate::frontend::{abandon, maintenance, thread_heap};

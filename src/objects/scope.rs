@@ -33,7 +33,7 @@
 
 use super::cache::{Cache, CACHES};
 use super::size_class::NCLASSES;
-use super::stats::{self, Usage};
+use super::stats::{self, ClassUsage, Usage};
 use crate::accounting::counter::Counter;
 use crate::backend::pool::Pool;
 use crate::sync::{
@@ -265,20 +265,19 @@ pub unsafe fn handle_get(n: *mut ScopeNode) {
     unsafe { node_get(n) };
 }
 
-/// Drops a user handle; the last one closes the scope.
+/// Drops a user handle; when it was the last, calls `on_last(n)` (which closes the scope) while
+/// the handle's reference still keeps `n` alive.
 ///
 /// # Safety
 /// `n` is a live node and the caller gives up one user handle it holds on it.
-pub unsafe fn handle_put(n: *mut ScopeNode) {
+pub unsafe fn handle_put_then(n: *mut ScopeNode, on_last: impl FnOnce(*mut ScopeNode)) {
     // SAFETY: the caller holds the handle it drops, so the node is alive.
     let last = unsafe { (*n).handles.fetch_sub(1, Ordering::AcqRel) == 1 };
-    // SAFETY: the handle given up here is still a reference until node_put.
-    unsafe {
-        if last {
-            close(n);
-        }
-        node_put(n);
+    if last {
+        on_last(n);
     }
+    // SAFETY: the handle given up here was still a reference until now.
+    unsafe { node_put(n) };
 }
 
 /// Closes `n` and its open descendants (idempotent; the root never closes).
@@ -291,15 +290,31 @@ pub unsafe fn handle_put(n: *mut ScopeNode) {
 /// # Safety
 /// `n` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
 pub unsafe fn close(n: *mut ScopeNode) {
+    // SAFETY: the caller's contract.
+    unsafe { close_collecting(n, None) };
+}
+
+/// [`close`], which also adds to `leaks` (when given) what the subtree still holds just before
+/// it closes, by size class, read under the same hold of the tree lock (so without allocating).
+/// True when this call closed the scope (false: it was closed already, or is the root).
+///
+/// # Safety
+/// `n` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
+pub unsafe fn close_collecting(n: *mut ScopeNode, leaks: Option<&mut ClassUsage>) -> bool {
     if n == root() {
-        return;
+        return false;
     }
     let tree = tree_lock();
+    let mut closed = false;
     // SAFETY: we hold the tree lock and the caller holds a reference on n; every open node has a
     // handle or a child, so the subtree stays alive.
     unsafe {
         if !(*n).is_closed() {
+            closed = true;
             let target = (*n).parent; // open: an open scope's ancestors are open
+            if let Some(out) = leaks {
+                stats::subtree_usage_by_class(&tree, n, out);
+            }
             stats::record_subtree_usage(&tree, n);
             let mut x = n;
             loop {
@@ -318,6 +333,7 @@ pub unsafe fn close(n: *mut ScopeNode) {
         }
     }
     drop(tree);
+    closed
 }
 
 /// Closes one node that has no open child: marks it closed, unlinks it, kills its caches and

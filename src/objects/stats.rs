@@ -3,6 +3,8 @@
 
 use super::cache::Cache;
 use super::scope::{tree_lock, ScopeNode, TreeGuard};
+use super::size_class::{class_of, LARGE_CLASS, NCLASSES};
+use crate::accounting::counter::EventCounts;
 use crate::sync::Ordering;
 
 /// Figures of a scope. `bytes`/`objects` count usable sizes of live objects charged to the scope
@@ -45,6 +47,43 @@ pub struct ScopeStats {
     pub frees: u64,
     /// Allocations refused because they would have passed this scope's limit.
     pub limit_hits: u64,
+}
+
+/// Counts of a scope's events, as cgroup v2's `memory.events`: crossings of the soft limit
+/// (`high`) and refusals by the hard limit (`max`). [`Scope::events`](crate::Scope::events)
+/// gives the hierarchical figures (an event of a descendant's limit counts in every ancestor
+/// too, and stays there after the descendant closes), [`Scope::events_local`](crate::Scope::events_local)
+/// the events of this scope's own limits only (`memory.events.local`).
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::Scope;
+/// let tenant = Scope::root().child("tenant");
+/// let req = tenant.child("request");
+/// req.set_limit(Some(64 << 10));
+/// assert!(req.run(|| Vec::<u8>::new().try_reserve_exact(1 << 20)).is_err());
+/// assert_eq!(req.events_local().max, 1);
+/// assert_eq!(tenant.events().max, 1); // hierarchical: the request's refusal counts here too
+/// assert_eq!(tenant.events_local().max, 0); // but not as the tenant's own
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopeEvents {
+    /// Times `charged_bytes` passed the soft limit (`Scope::set_high`), once per crossing.
+    pub high: u64,
+    /// Allocations refused by the hard limit (`Scope::set_limit`); the local figure is
+    /// [`ScopeStats::limit_hits`].
+    pub max: u64,
+}
+
+impl ScopeEvents {
+    /// A snapshot of `e` (each count read once; the two are not one atomic snapshot).
+    pub(crate) fn read(e: &EventCounts) -> ScopeEvents {
+        ScopeEvents {
+            high: e.high.load(Ordering::Relaxed),
+            max: e.max.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Live usage of a set of caches.
@@ -99,6 +138,66 @@ unsafe fn cache_usage(c: *mut Cache) -> Usage {
     }
     f.objects = f.objects.min(f.allocs);
     f
+}
+
+/// Live usage by size class: one row per class, [`LARGE_CLASS`] last (large and huge objects).
+pub type ClassUsage = [Usage; NCLASSES + 1];
+
+/// Adds the usage of cache `c` to `out`, by size class (a slab's class is its object size's).
+///
+/// # Safety
+/// The tree lock is held (it keeps `c` from being released).
+unsafe fn cache_usage_by_class(c: *mut Cache, out: &mut ClassUsage) {
+    // SAFETY: as in `cache_usage`.
+    unsafe {
+        (*c).refs.lock();
+        let mut s = (*c).slabs;
+        while !s.is_null() {
+            let size = (*s).block_size as usize;
+            let row = &mut out[class_of(size)];
+            let live = (*s).live() as u64;
+            row.bytes += live * size as u64;
+            row.objects += live;
+            row.allocs += (*s).allocs.load(Ordering::Relaxed);
+            s = (*s).cnext;
+        }
+        let large = &mut out[LARGE_CLASS];
+        large.bytes += (*c).large_bytes;
+        large.objects += (*c).large_objects;
+        large.allocs += (*c).large_allocs;
+        (*c).refs.unlock();
+    }
+}
+
+/// Adds the live usage of the subtree of `top` to `out`, by size class (no allocation: `out`
+/// is the caller's).
+///
+/// # Safety
+/// The caller holds the tree lock (`_tree`); `top` is open and alive.
+pub(super) unsafe fn subtree_usage_by_class(
+    _tree: &TreeGuard,
+    top: *mut ScopeNode,
+    out: &mut ClassUsage,
+) {
+    // SAFETY: the tree lock guards the links, the caches arrays' writers and the reparented
+    // lists; nodes in the tree are alive.
+    unsafe {
+        let mut x = top;
+        while !x.is_null() {
+            for slot in (*x).caches.iter() {
+                let c = slot.load(Ordering::Acquire);
+                if !c.is_null() {
+                    cache_usage_by_class(c, out);
+                }
+            }
+            let mut c = (*x).reparented;
+            while !c.is_null() {
+                cache_usage_by_class(c, out);
+                c = (*c).rnext;
+            }
+            x = next_preorder(top, x);
+        }
+    }
 }
 
 /// Usage charged to `x` itself (its caches and the caches reparented into it).
@@ -212,7 +311,7 @@ pub unsafe fn stats(x: *mut ScopeNode) -> ScopeStats {
     let st = unsafe {
         let c = &(*x).counter;
         let peak = c.peak.load(Ordering::Relaxed);
-        let limit_hits = c.limit_hits.load(Ordering::Relaxed);
+        let limit_hits = c.events_local.max.load(Ordering::Relaxed);
         if (*x).is_closed() {
             ScopeStats {
                 peak_bytes: peak,
