@@ -106,6 +106,7 @@ pub struct SpinLock<T> {
     raw: RawLock,
     /// No system call may run while this lock is held (checked in debug builds: the platform
     /// layer asserts [`syscalls_allowed`]).
+    #[cfg_attr(not(all(debug_assertions, not(loom))), allow(dead_code))]
     no_syscalls: bool,
     data: UnsafeCell<T>,
 }
