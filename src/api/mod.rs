@@ -4,12 +4,14 @@
 mod global_alloc;
 mod handle;
 pub mod raw;
+mod report;
 #[doc(hidden)]
 pub mod testing;
 
 pub use crate::objects::stats::ScopeStats;
 pub use global_alloc::{usable_size, ScopeAlloc};
 pub use handle::{Scope, ScopeGuard};
+pub use report::{ClassKind, ClassReport, Metrics, Report, ScopeEvents, ScopeReport, Text};
 
 use crate::backend::decay;
 use crate::frontend::{abandon, maintenance, thread_heap};
@@ -54,6 +56,7 @@ pub fn start_background_decay() -> bool {
 }
 
 /// Figures of the allocator's memory, for tests and benchmarks.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapStats {
     /// Address space mapped from the OS now (segments, huge objects, metadata).
@@ -66,6 +69,9 @@ pub struct HeapStats {
     pub cached: usize,
     /// Bytes given back to the OS since start (madvise and munmap).
     pub returned: usize,
+    /// Address space mapped for the allocator's own metadata (scopes, caches, thread heaps,
+    /// tables, their indexes); part of `mapped`.
+    pub metadata: usize,
 }
 
 /// Current [`HeapStats`].
@@ -78,7 +84,21 @@ pub fn heap_stats() -> HeapStats {
         in_use,
         cached,
         returned: os::RETURNED.load(Ordering::Relaxed),
+        metadata: crate::backend::pool::METADATA_MAPPED.load(Ordering::Relaxed),
     }
+}
+
+/// A report of the whole scope tree: [`Scope::report`] of the root.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let tenant = scopealloc::Scope::root().child("whole-tree-doc");
+/// let r = scopealloc::report();
+/// assert_eq!(r.scopes[0].path, ""); // the root
+/// assert!(r.get("whole-tree-doc").is_some());
+/// ```
+pub fn report() -> Report {
+    Scope::root().report()
 }
 
 /// Process-wide counts, to check that nothing leaks.

@@ -9,10 +9,14 @@ use crate::sync::Ordering;
 /// and its descendants (open ones, and closed ones reparented into it); `self_*` exclude open
 /// descendants. Closed scopes report zero for the live figures (they moved to the ancestor).
 /// `#[repr(C)]`: the C library hands it out as `struct scopealloc_stats`.
+/// With the `serde` feature it serialises with cgroup v2's names where they mean the same:
+/// `current` (`bytes`), `peak` (`peak_bytes`), `charged` (`charged_bytes`).
 #[repr(C)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScopeStats {
     /// Usable bytes of live objects, descendants included.
+    #[cfg_attr(feature = "serde", serde(rename = "current"))]
     pub bytes: u64,
     /// Usable bytes of live objects charged to this scope itself.
     pub self_bytes: u64,
@@ -21,10 +25,12 @@ pub struct ScopeStats {
     /// Live objects of this scope itself.
     pub self_objects: u64,
     /// High-water mark of `charged_bytes` since creation or `Scope::reset_peak`.
+    #[cfg_attr(feature = "serde", serde(rename = "peak"))]
     pub peak_bytes: u64,
     /// Bytes held against the limit: live bytes plus what per-thread stocks hold in advance
     /// (at most 128 KiB per thread that allocated in the scope) and remote frees not yet
     /// collected by their slab's thread.
+    #[cfg_attr(feature = "serde", serde(rename = "charged"))]
     pub charged_bytes: u64,
     /// Allocations charged here since creation, descendants included.
     pub allocs: u64,
@@ -60,12 +66,44 @@ impl Usage {
     }
 }
 
-/// Usage of one cache.
+/// Figures of one cache, read under its lock: what statistics sum and what a report shows per
+/// size class.
+#[derive(Clone, Copy, Default, Debug)]
+pub(super) struct CacheFigures {
+    /// Live objects (small: in its slabs; large class: large and huge objects).
+    pub objects: u64,
+    /// Usable bytes of those.
+    pub bytes: u64,
+    /// Allocations ever charged to the cache.
+    pub allocs: u64,
+    /// Slabs attached (small classes).
+    pub slabs: u64,
+    /// Bytes of objects the slabs can hold: Σ capacity × object size (small classes).
+    pub capacity_bytes: u64,
+    /// The part of `objects` / `bytes` that is huge objects (large class).
+    pub huge_objects: u64,
+    pub huge_bytes: u64,
+}
+
+impl CacheFigures {
+    /// Adds another cache's figures (of the same class).
+    pub(super) fn add(&mut self, o: &CacheFigures) {
+        self.objects += o.objects;
+        self.bytes += o.bytes;
+        self.allocs += o.allocs;
+        self.slabs += o.slabs;
+        self.capacity_bytes += o.capacity_bytes;
+        self.huge_objects += o.huge_objects;
+        self.huge_bytes += o.huge_bytes;
+    }
+}
+
+/// Figures of one cache.
 ///
 /// # Safety
 /// The tree lock is held (it keeps `c` from being released).
-unsafe fn cache_usage(c: *mut Cache) -> Usage {
-    let mut f = Usage::default();
+pub(super) unsafe fn cache_figures(c: *mut Cache) -> CacheFigures {
+    let mut f = CacheFigures::default();
     // SAFETY: the tree lock keeps c alive; its lists and figures are read under its own lock.
     unsafe {
         (*c).refs.lock();
@@ -75,17 +113,36 @@ unsafe fn cache_usage(c: *mut Cache) -> Usage {
         while !s.is_null() {
             f.allocs += (*s).allocs.load(Ordering::Relaxed);
             let live = (*s).live() as u64;
-            f.bytes += live * (*s).block_size as u64;
+            let size = (*s).block_size as u64;
+            f.bytes += live * size;
             f.objects += live;
+            f.slabs += 1;
+            f.capacity_bytes += (*s).capacity as u64 * size;
             s = (*s).cnext;
         }
         f.bytes += (*c).large_bytes;
         f.objects += (*c).large_objects;
+        f.huge_bytes = (*c).huge_bytes;
+        f.huge_objects = (*c).huge_objects;
         f.allocs += (*c).folded_allocs + (*c).large_allocs;
         (*c).refs.unlock();
     }
     f.objects = f.objects.min(f.allocs);
     f
+}
+
+/// Usage of one cache.
+///
+/// # Safety
+/// The tree lock is held (it keeps `c` from being released).
+unsafe fn cache_usage(c: *mut Cache) -> Usage {
+    // SAFETY: per the contract.
+    let f = unsafe { cache_figures(c) };
+    Usage {
+        bytes: f.bytes,
+        objects: f.objects,
+        allocs: f.allocs,
+    }
 }
 
 /// Usage charged to `x` itself (its caches and the caches reparented into it).
