@@ -205,7 +205,7 @@ impl Scope {
     }
 
     /// A report of this scope and its open descendants: a consistent snapshot of their figures
-    /// and size classes (see [`Report`]); [`crate::report`] is the root's.
+    /// and size classes (see [`crate::Report`]); [`crate::report`] is the root's.
     ///
     /// ```
     /// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();

@@ -182,6 +182,7 @@ fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
                 LIVE_CACHES.fetch_add(1, Ordering::Relaxed);
                 (*s).lock.lock();
                 (*s).caches[class].store(c, Ordering::Release);
+                (*s).cache_mask |= 1 << class;
                 (*s).lock.unlock();
                 true
             }

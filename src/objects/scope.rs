@@ -44,6 +44,8 @@ use core::ptr::null_mut;
 
 const LIVE: u8 = 0;
 const CLOSED: u8 = 1;
+// `ScopeNode::cache_mask` has a bit per slot.
+const _: () = assert!(NCLASSES < 128);
 /// Longest name kept; longer names are truncated at a character boundary.
 pub const NAME_MAX: usize = 63;
 
@@ -81,6 +83,9 @@ pub struct ScopeNode {
     /// The scope's caches by class (`LARGE_CLASS` last); written under TREE_LOCK and the node
     /// lock, read under the node lock.
     pub(super) caches: [AtomicPtr<Cache>; NCLASSES + 1],
+    /// Bit `k` set: `caches[k]` is not null (under TREE_LOCK), so that readers under the tree
+    /// lock (statistics, reports) visit the caches a scope has without loading every slot.
+    pub(super) cache_mask: u128,
     name_len: u8,
     name: [u8; NAME_MAX],
 }
@@ -112,6 +117,7 @@ impl ScopeNode {
             reparented: null_mut(),
             scratch: Usage::ZERO,
             caches: [const { AtomicPtr::new(null_mut()) }; NCLASSES + 1],
+            cache_mask: 0,
             name_len: 4,
             name,
         }
@@ -230,6 +236,7 @@ pub unsafe fn create_child(parent: *mut ScopeNode, name: &str) -> *mut ScopeNode
         for c in (*n).caches.iter() {
             c.store(null_mut(), Ordering::Relaxed);
         }
+        (*n).cache_mask = 0;
         let mut len = name.len().min(NAME_MAX);
         while !name.is_char_boundary(len) {
             len -= 1;
@@ -362,6 +369,7 @@ unsafe fn close_node(_tree: &TreeGuard, x: *mut ScopeNode, target: *mut ScopeNod
                 }
             },
         );
+        (*x).cache_mask = 0; // close_slots emptied every slot
         while !(*x).reparented.is_null() {
             let c = (*x).reparented;
             (*x).reparented = (*c).rnext;
@@ -376,6 +384,29 @@ unsafe fn close_node(_tree: &TreeGuard, x: *mut ScopeNode, target: *mut ScopeNod
         (*target).folded_allocs.fetch_add(folded, Ordering::Relaxed);
     }
     OPEN_SCOPES.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The caches of `x`'s slots with their classes (its own caches, not those reparented into it).
+///
+/// # Safety
+/// The tree lock is held (`_tree`); `x` is alive.
+pub(super) unsafe fn own_caches(
+    _tree: &TreeGuard,
+    x: *mut ScopeNode,
+) -> impl Iterator<Item = (usize, *mut Cache)> {
+    // SAFETY: the tree lock guards `cache_mask` and the slots' writers; x is alive.
+    let mut mask = unsafe { (*x).cache_mask };
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let class = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        // SAFETY: as above; a set bit means the slot holds a cache, alive under the tree lock.
+        let c = unsafe { (*x).caches[class].load(Ordering::Acquire) };
+        debug_assert!(!c.is_null());
+        Some((class, c))
+    })
 }
 
 /// Links `c` on `target`'s list of caches reparented into it.

@@ -16,13 +16,18 @@
 //! - The buffer is the snapshot's own until it is dropped: no other thread ever sees it.
 
 use super::cache::Cache;
-use super::scope::{tree_lock, ScopeNode, TreeGuard, NAME_MAX};
+use super::scope::{own_caches, tree_lock, ScopeNode, TreeGuard, NAME_MAX};
 use super::size_class::{class_size, LARGE_CLASS, NCLASSES};
 use super::stats::{cache_figures, CacheFigures, Usage};
 use crate::accounting::counter::NO_LIMIT;
 use crate::platform::os;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 use core::mem::size_of;
+
+/// Longest hold of the tree lock by a snapshot since start, in ns, and the last one (for the
+/// benchmark and tests: `testing::report_hold_ns`).
+pub static LONGEST_HOLD_NS: AtomicU64 = AtomicU64::new(0);
+pub static LAST_HOLD_NS: AtomicU64 = AtomicU64::new(0);
 
 /// `NodeRecord::parent` of the subtree's top.
 pub const NO_PARENT: u32 = u32::MAX;
@@ -112,10 +117,9 @@ struct Buffer {
     rows: *mut ClassRecord,
     row_cap: usize,
     nrows: usize,
+    /// Scratch of `own_rows`: one scope's figures by class, all zero between scopes.
+    figs: [CacheFigures; NCLASSES + 1],
 }
-
-// `own_rows` marks the classes it saw in a u128.
-const _: () = assert!(NCLASSES + 1 <= 128);
 
 impl Snapshot {
     /// Takes a snapshot of the subtree of `top`. None when the OS refuses memory for the buffer.
@@ -143,12 +147,17 @@ impl Snapshot {
                 rows: unsafe { base.add(rows_offset) }.cast::<ClassRecord>(),
                 row_cap,
                 nrows: 0,
+                figs: [CacheFigures::default(); NCLASSES + 1],
             };
             let tree = tree_lock();
+            let t0 = os::now_ns();
             // SAFETY: the tree lock is held; the caller holds a reference on top; the buffer is
             // ours, sized as `buf` says.
             let complete = unsafe { walk(&tree, top, &mut buf) };
             drop(tree);
+            let held = os::now_ns().saturating_sub(t0);
+            LAST_HOLD_NS.store(held, Ordering::Relaxed);
+            LONGEST_HOLD_NS.fetch_max(held, Ordering::Relaxed);
             let snap = Snapshot {
                 base,
                 len,
@@ -195,13 +204,13 @@ impl Drop for Snapshot {
 /// Pre-order walk of the subtree of `top` into `buf`; false if the buffer is too small.
 ///
 /// # Safety
-/// The tree lock is held (`_tree`); `top` is alive; `buf`'s arrays are writable for their
+/// The tree lock is held (`tree`); `top` is alive; `buf`'s arrays are writable for their
 /// capacities.
-unsafe fn walk(_tree: &TreeGuard, top: *mut ScopeNode, buf: &mut Buffer) -> bool {
+unsafe fn walk(tree: &TreeGuard, top: *mut ScopeNode, buf: &mut Buffer) -> bool {
     // SAFETY: the tree lock guards the links; nodes in the tree are alive (open nodes hold
     // handles or children; the top is held by the caller).
     unsafe {
-        let Some(mut cur) = record(buf, top, NO_PARENT, 0) else {
+        let Some(mut cur) = record(tree, buf, top, NO_PARENT, 0) else {
             return false;
         };
         if (*top).is_closed() {
@@ -212,7 +221,7 @@ unsafe fn walk(_tree: &TreeGuard, top: *mut ScopeNode, buf: &mut Buffer) -> bool
             if !(*x).first_child.is_null() {
                 x = (*x).first_child;
                 let depth = (*buf.nodes.add(cur)).depth + 1;
-                match record(buf, x, cur as u32, depth) {
+                match record(tree, buf, x, cur as u32, depth) {
                     Some(i) => cur = i,
                     None => return false,
                 }
@@ -226,7 +235,7 @@ unsafe fn walk(_tree: &TreeGuard, top: *mut ScopeNode, buf: &mut Buffer) -> bool
                 if !(*x).next_sibling.is_null() {
                     x = (*x).next_sibling;
                     let depth = (*buf.nodes.add(cur)).depth;
-                    match record(buf, x, parent, depth) {
+                    match record(tree, buf, x, parent, depth) {
                         Some(i) => cur = i,
                         None => return false,
                     }
@@ -243,7 +252,13 @@ unsafe fn walk(_tree: &TreeGuard, top: *mut ScopeNode, buf: &mut Buffer) -> bool
 ///
 /// # Safety
 /// As for `walk`; `x` is alive.
-unsafe fn record(buf: &mut Buffer, x: *mut ScopeNode, parent: u32, depth: u32) -> Option<usize> {
+unsafe fn record(
+    tree: &TreeGuard,
+    buf: &mut Buffer,
+    x: *mut ScopeNode,
+    parent: u32,
+    depth: u32,
+) -> Option<usize> {
     if buf.nnodes == buf.node_cap || buf.nnodes >= NO_PARENT as usize {
         return None;
     }
@@ -255,7 +270,7 @@ unsafe fn record(buf: &mut Buffer, x: *mut ScopeNode, parent: u32, depth: u32) -
         let own = if closed {
             Usage::ZERO
         } else {
-            own_rows(x, buf)?
+            own_rows(tree, x, buf)?
         };
         let mut name = [0u8; NAME_MAX];
         let n = (*x).name().as_bytes();
@@ -287,14 +302,25 @@ unsafe fn record(buf: &mut Buffer, x: *mut ScopeNode, parent: u32, depth: u32) -
     }
 }
 
+/// Appends a row; false when the buffer is full.
+fn push(buf: &mut Buffer, row: ClassRecord) -> bool {
+    if buf.nrows == buf.row_cap {
+        return false;
+    }
+    // SAFETY: nrows < row_cap: inside the buffer's rows array, which is ours.
+    unsafe { buf.rows.add(buf.nrows).write(row) };
+    buf.nrows += 1;
+    true
+}
+
 /// Appends the rows of the caches charged to `x` itself (its own and those reparented into it,
 /// summed by class); returns their total usage, or None when the buffer is full.
 ///
 /// # Safety
 /// As for `record`; `x` is open.
-unsafe fn own_rows(x: *mut ScopeNode, buf: &mut Buffer) -> Option<Usage> {
-    let mut figs = [CacheFigures::default(); NCLASSES + 1];
+unsafe fn own_rows(tree: &TreeGuard, x: *mut ScopeNode, buf: &mut Buffer) -> Option<Usage> {
     let mut seen: u128 = 0;
+    let figs = &mut buf.figs;
     let mut add = |c: *mut Cache, class: usize| {
         // SAFETY: the tree lock is held (the contract), which keeps c alive.
         let f = unsafe { cache_figures(c) };
@@ -303,11 +329,8 @@ unsafe fn own_rows(x: *mut ScopeNode, buf: &mut Buffer) -> Option<Usage> {
     };
     // SAFETY: the tree lock guards the caches arrays' writers and the reparented lists.
     unsafe {
-        for (class, slot) in (*x).caches.iter().enumerate() {
-            let c = slot.load(Ordering::Acquire);
-            if !c.is_null() {
-                add(c, class);
-            }
+        for (class, c) in own_caches(tree, x) {
+            add(c, class);
         }
         let mut c = (*x).reparented;
         while !c.is_null() {
@@ -318,19 +341,10 @@ unsafe fn own_rows(x: *mut ScopeNode, buf: &mut Buffer) -> Option<Usage> {
     let mut own = Usage::ZERO;
     // SAFETY: x is alive (the contract).
     own.allocs = unsafe { (*x).folded_allocs.load(Ordering::Relaxed) };
-    let mut push = |row: ClassRecord| {
-        if buf.nrows == buf.row_cap {
-            return false;
-        }
-        // SAFETY: nrows < row_cap: inside the buffer.
-        unsafe { buf.rows.add(buf.nrows).write(row) };
-        buf.nrows += 1;
-        true
-    };
-    for (class, f) in figs.iter().enumerate() {
-        if seen & (1 << class) == 0 {
-            continue;
-        }
+    while seen != 0 {
+        let class = seen.trailing_zeros() as usize;
+        seen &= seen - 1;
+        let f = core::mem::take(&mut buf.figs[class]);
         own.bytes += f.bytes;
         own.objects += f.objects;
         own.allocs += f.allocs;
@@ -338,14 +352,17 @@ unsafe fn own_rows(x: *mut ScopeNode, buf: &mut Buffer) -> Option<Usage> {
             continue;
         }
         let ok = if class < LARGE_CLASS {
-            push(ClassRecord {
-                kind: RowKind::Small,
-                object_size: class_size(class) as u32,
-                objects: f.objects,
-                bytes: f.bytes,
-                capacity_bytes: f.capacity_bytes,
-                slabs: f.slabs,
-            })
+            push(
+                buf,
+                ClassRecord {
+                    kind: RowKind::Small,
+                    object_size: class_size(class) as u32,
+                    objects: f.objects,
+                    bytes: f.bytes,
+                    capacity_bytes: f.capacity_bytes,
+                    slabs: f.slabs,
+                },
+            )
         } else {
             let large = ClassRecord {
                 kind: RowKind::Large,
@@ -361,7 +378,7 @@ unsafe fn own_rows(x: *mut ScopeNode, buf: &mut Buffer) -> Option<Usage> {
                 bytes: f.huge_bytes,
                 ..large
             };
-            (large.objects == 0 || push(large)) && (huge.objects == 0 || push(huge))
+            (large.objects == 0 || push(buf, large)) && (huge.objects == 0 || push(buf, huge))
         };
         if !ok {
             return None;

@@ -2,7 +2,7 @@
 //! per-thread halves) and the caches' large-object figures. Exact once threads are quiet.
 
 use super::cache::Cache;
-use super::scope::{tree_lock, ScopeNode, TreeGuard};
+use super::scope::{own_caches, tree_lock, ScopeNode, TreeGuard};
 use crate::sync::Ordering;
 
 /// Figures of a scope. `bytes`/`objects` count usable sizes of live objects charged to the scope
@@ -148,16 +148,13 @@ unsafe fn cache_usage(c: *mut Cache) -> Usage {
 /// Usage charged to `x` itself (its caches and the caches reparented into it).
 ///
 /// # Safety
-/// The tree lock is held; `x` is alive.
-unsafe fn self_usage(x: *mut ScopeNode) -> Usage {
+/// The tree lock is held (`tree`); `x` is alive.
+unsafe fn self_usage(tree: &TreeGuard, x: *mut ScopeNode) -> Usage {
     let mut f = Usage::default();
     // SAFETY: the tree lock guards the caches array's writers and the reparented list.
     unsafe {
-        for slot in (*x).caches.iter() {
-            let c = slot.load(Ordering::Acquire);
-            if !c.is_null() {
-                f.add(cache_usage(c));
-            }
+        for (_, c) in own_caches(tree, x) {
+            f.add(cache_usage(c));
         }
         let mut c = (*x).reparented;
         while !c.is_null() {
@@ -192,15 +189,15 @@ unsafe fn next_preorder(top: *mut ScopeNode, mut x: *mut ScopeNode) -> *mut Scop
 /// (self, total) usage of an open scope: an iterative walk of its subtree.
 ///
 /// # Safety
-/// The tree lock is held; `top` is open and alive.
-unsafe fn subtree_usage(top: *mut ScopeNode) -> (Usage, Usage) {
+/// The tree lock is held (`tree`); `top` is open and alive.
+unsafe fn subtree_usage(tree: &TreeGuard, top: *mut ScopeNode) -> (Usage, Usage) {
     // SAFETY: per the contract.
     unsafe {
-        let me = self_usage(top);
+        let me = self_usage(tree, top);
         let mut total = me;
         let mut x = next_preorder(top, top);
         while !x.is_null() {
-            total.add(self_usage(x));
+            total.add(self_usage(tree, x));
             x = next_preorder(top, x);
         }
         (me, total)
@@ -212,15 +209,15 @@ unsafe fn subtree_usage(top: *mut ScopeNode) -> (Usage, Usage) {
 ///
 /// # Safety
 /// `top` is open and alive, and the caller holds the tree lock (`_tree`).
-pub(super) unsafe fn record_subtree_usage(_tree: &TreeGuard, top: *mut ScopeNode) {
+pub(super) unsafe fn record_subtree_usage(tree: &TreeGuard, top: *mut ScopeNode) {
     // SAFETY: the tree lock guards the links and the scratch fields; nodes in the tree are alive.
     unsafe {
         let mut x = top;
-        (*x).scratch = self_usage(x);
+        (*x).scratch = self_usage(tree, x);
         'down: loop {
             while !(*x).first_child.is_null() {
                 x = (*x).first_child;
-                (*x).scratch = self_usage(x);
+                (*x).scratch = self_usage(tree, x);
             }
             loop {
                 // x's subtree is complete.
@@ -232,7 +229,7 @@ pub(super) unsafe fn record_subtree_usage(_tree: &TreeGuard, top: *mut ScopeNode
                 (*p).scratch.add(done);
                 if !(*x).next_sibling.is_null() {
                     x = (*x).next_sibling;
-                    (*x).scratch = self_usage(x);
+                    (*x).scratch = self_usage(tree, x);
                     continue 'down;
                 }
                 x = p;
@@ -261,7 +258,7 @@ pub unsafe fn stats(x: *mut ScopeNode) -> ScopeStats {
                 ..Default::default()
             }
         } else {
-            let (me, total) = subtree_usage(x);
+            let (me, total) = subtree_usage(&tree, x);
             ScopeStats {
                 bytes: total.bytes,
                 self_bytes: me.bytes,
