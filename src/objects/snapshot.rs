@@ -129,9 +129,21 @@ impl Snapshot {
     /// child's or a cache's).
     pub unsafe fn take(top: *mut ScopeNode) -> Option<Snapshot> {
         let (open, _, caches, _) = super::scope::counts();
-        let mut node_cap = open + 64;
         // A cache gives one row, the large-object cache at most two.
-        let mut row_cap = 2 * caches + 64;
+        // SAFETY: the caller's contract is take_sized's.
+        unsafe { Snapshot::take_sized(top, open + 64, 2 * caches + 64) }
+    }
+
+    /// [`Snapshot::take`] into a buffer first sized for `node_cap` scopes and `row_cap` rows,
+    /// doubled until the subtree fits.
+    ///
+    /// # Safety
+    /// As for [`Snapshot::take`].
+    unsafe fn take_sized(
+        top: *mut ScopeNode,
+        mut node_cap: usize,
+        mut row_cap: usize,
+    ) -> Option<Snapshot> {
         loop {
             let rows_offset = (node_cap * size_of::<NodeRecord>()).next_multiple_of(64);
             let len = rows_offset + row_cap * size_of::<ClassRecord>();
@@ -385,4 +397,43 @@ unsafe fn own_rows(tree: &TreeGuard, x: *mut ScopeNode, buf: &mut Buffer) -> Opt
         }
     }
     Some(own)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::scope::{create_child, handle_put, root};
+
+    #[test]
+    fn a_snapshot_that_does_not_fit_is_taken_again_in_a_bigger_buffer() {
+        // SAFETY: the root is static; each child comes with the handle given back below.
+        unsafe {
+            let top = create_child(root(), "snap-grow");
+            let kids: Vec<_> = (0..5).map(|_| create_child(top, "kid")).collect();
+            let grand = create_child(kids[2], "grand");
+            let snap = Snapshot::take_sized(top, 1, 1).expect("memory for the buffer");
+            let nodes = snap.nodes();
+            assert_eq!(nodes.len(), 7);
+            assert_eq!(
+                (nodes[0].name(), nodes[0].parent, nodes[0].depth),
+                ("snap-grow", NO_PARENT, 0)
+            );
+            assert!(nodes[1..]
+                .iter()
+                .all(|n| n.parent != NO_PARENT && (n.parent as usize) < 7));
+            let g = nodes.iter().position(|n| n.name() == "grand").unwrap();
+            let p = nodes[g].parent as usize;
+            assert_eq!(
+                (nodes[g].depth, nodes[p].id),
+                (2, (*kids[2]).id.load(Ordering::Relaxed))
+            );
+            assert_eq!(p + 1, g, "pre-order: a child follows its parent");
+            drop(snap);
+            handle_put(grand);
+            for k in kids {
+                handle_put(k);
+            }
+            handle_put(top);
+        }
+    }
 }
