@@ -105,6 +105,11 @@ impl Scope {
         self.node.as_ptr()
     }
 
+    /// The node; the handle holds a reference on it.
+    pub(super) fn node_ptr(&self) -> *mut ScopeNode {
+        self.node.as_ptr()
+    }
+
     /// The root scope, which always exists and never closes.
     pub fn root() -> Scope {
         // SAFETY: the root is static and never released.
@@ -224,6 +229,25 @@ impl Scope {
     pub fn stats(&self) -> ScopeStats {
         // SAFETY: this handle holds a user handle on the node, which keeps it alive.
         unsafe { stats::stats(self.n()) }
+    }
+
+    /// A report of this scope and its open descendants: a consistent snapshot of their figures
+    /// and size classes (see [`crate::Report`]); [`crate::report`] is the root's.
+    ///
+    /// ```
+    /// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+    /// use scopealloc::Scope;
+    /// let server = Scope::root().child("server");
+    /// let tenant = server.child("tenant-a");
+    /// let v = tenant.run(|| vec![0u8; 10_000]);
+    /// let r = server.report();
+    /// assert_eq!(r.scopes[0].path, "server");
+    /// assert_eq!(r.get("server/tenant-a").unwrap().bytes, tenant.stats().bytes);
+    /// println!("{}", r.text().classes(true));
+    /// drop(v);
+    /// ```
+    pub fn report(&self) -> crate::Report {
+        super::report::of(self)
     }
 
     /// Restarts the high-water mark at the current charge.

@@ -7,6 +7,7 @@ mod handle;
 mod instrument;
 mod leaks;
 pub mod raw;
+mod report;
 #[doc(hidden)]
 pub mod testing;
 
@@ -15,6 +16,7 @@ pub use global_alloc::{usable_size, ScopeAlloc};
 pub use handle::{Scope, ScopeGuard};
 pub use instrument::Instrumented;
 pub use leaks::{ClassLeaks, CloseLeaks};
+pub use report::{ClassKind, ClassReport, Metrics, Report, ScopeReport, Text};
 
 use crate::backend::decay;
 use crate::frontend::{abandon, maintenance, thread_heap};
@@ -90,6 +92,7 @@ pub fn start_background_decay() -> bool {
 /// assert!(st.in_use >= 1 << 20 && st.mapped >= st.committed);
 /// drop(v);
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapStats {
     /// Address space mapped from the OS now (segments, huge objects, metadata).
@@ -102,6 +105,9 @@ pub struct HeapStats {
     pub cached: usize,
     /// Bytes given back to the OS since start (madvise and munmap).
     pub returned: usize,
+    /// Address space mapped for the allocator's own metadata (scopes, caches, thread heaps,
+    /// tables, their indexes); part of `mapped`.
+    pub metadata: usize,
 }
 
 /// Current [`HeapStats`] (see there for an example).
@@ -114,7 +120,21 @@ pub fn heap_stats() -> HeapStats {
         in_use,
         cached,
         returned: os::RETURNED.load(Ordering::Relaxed),
+        metadata: crate::backend::pool::METADATA_MAPPED.load(Ordering::Relaxed),
     }
+}
+
+/// A report of the whole scope tree: [`Scope::report`] of the root.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let tenant = scopealloc::Scope::root().child("whole-tree-doc");
+/// let r = scopealloc::report();
+/// assert_eq!(r.scopes[0].path, ""); // the root
+/// assert!(r.get("whole-tree-doc").is_some());
+/// ```
+pub fn report() -> Report {
+    Scope::root().report()
 }
 
 /// Process-wide counts, to check that nothing leaks.

@@ -38,3 +38,13 @@ pub fn sweep_figures() -> (u64, u64) {
         SWEEP_MOST_CACHES_PER_HOLD.load(Ordering::Relaxed),
     )
 }
+
+/// (longest hold of the tree lock by a report's snapshot in ns since start, the last one).
+pub fn report_hold_ns() -> (u64, u64) {
+    use crate::objects::snapshot::{LAST_HOLD_NS, LONGEST_HOLD_NS};
+    use crate::sync::Ordering;
+    (
+        LONGEST_HOLD_NS.load(Ordering::Relaxed),
+        LAST_HOLD_NS.load(Ordering::Relaxed),
+    )
+}

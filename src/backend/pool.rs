@@ -16,6 +16,11 @@ use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, RawLock};
 use core::cell::UnsafeCell;
 use core::mem::size_of;
 
+/// Bytes of address space mapped for the allocator's metadata: every pool's chunks (never
+/// unmapped) and the other metadata mappings that add to it (the heaps' table indexes). Pages of
+/// free items that `trim` gave back stay counted: they are still mapped.
+pub static METADATA_MAPPED: AtomicUsize = AtomicUsize::new(0);
+
 /// Bytes mapped per chunk (and its alignment, so an item finds its chunk by masking).
 const CHUNK_BYTES: usize = 1 << 20;
 /// The header: chunk links and the free bitmap, alone on its first OS page(s) so that `trim`
@@ -131,6 +136,7 @@ impl<T> Pool<T> {
         if chunk.is_null() {
             return chunk;
         }
+        METADATA_MAPPED.fetch_add(CHUNK_BYTES, Ordering::Relaxed);
         let count = ((CHUNK_BYTES - header_bytes()) / Self::slot_size()).min(WORDS * 64);
         // SAFETY: the chunk is fresh, zeroed and ours.
         unsafe {

@@ -114,7 +114,7 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
             // Publishes the descriptor: a free of the object (on any thread, after the pointer
             // reached it through the program's own synchronisation) sees it complete.
             (*slab).owner.store(OWNER_LARGE, Ordering::Release);
-            (*c).add_large(usable as u64);
+            (*c).add_large(usable as u64, (*slab).kind == KIND_HUGE);
             (*c).refs.unlock();
             return (*slab).start;
         }
@@ -162,12 +162,13 @@ pub(super) unsafe fn free_large(s: *mut Slab) {
     // is alive until our put below.
     unsafe {
         let usable = large_usable(s);
+        let huge = (*s).kind == KIND_HUGE;
         let c = (*s).cache;
         let last = protocol::drop_ref(c, |c| {
             // drop_ref holds c's lock, under which `Cache::scope` is stable (a close moves it
             // under the same lock) and the cache holds a reference on that scope.
             (*(*c).scope).counter.uncharge(usable as u64);
-            (*c).remove_large(usable as u64);
+            (*c).remove_large(usable as u64, huge);
         });
         release_large_memory(s);
         if last {

@@ -4,11 +4,12 @@
 use super::abandon::abandon_table;
 use super::thread_heap::{tls_table, Heap};
 use crate::accounting::stock::Stock;
-use crate::backend::pool::Pool;
+use crate::backend::pool::{Pool, METADATA_MAPPED};
 use crate::objects::scope::{self, ScopeNode};
 use crate::objects::size_class::NCLASSES;
 use crate::objects::slab::{OwnerTable, Slab, EMPTY_SLAB};
 use crate::platform::os;
+use crate::sync::Ordering;
 use core::cell::{Cell, UnsafeCell};
 use core::mem::size_of;
 use core::ptr::null_mut;
@@ -201,6 +202,10 @@ unsafe fn grow_index(h: *mut Heap) -> bool {
         if array.is_null() {
             return false;
         }
+        METADATA_MAPPED.fetch_add(
+            os::round_to_pages(bytes).unwrap_or(bytes),
+            Ordering::Relaxed,
+        );
         // Fresh mappings read as zero: every bucket starts empty (null).
         (*h).buckets = array;
         (*h).nbuckets = n;
@@ -210,10 +215,24 @@ unsafe fn grow_index(h: *mut Heap) -> bool {
             t = (*t).next;
         }
         if !old.is_null() {
-            os::unmap(old.cast::<u8>(), old_n * size_of::<*mut Table>());
+            unmap_index(old, old_n);
         }
         true
     }
+}
+
+/// Unmaps an index array of `n` buckets.
+///
+/// # Safety
+/// `array` is an index array mapped by `grow_index` with `n` buckets, no longer used.
+unsafe fn unmap_index(array: *mut *mut Table, n: usize) {
+    let bytes = n * size_of::<*mut Table>();
+    METADATA_MAPPED.fetch_sub(
+        os::round_to_pages(bytes).unwrap_or(bytes),
+        Ordering::Relaxed,
+    );
+    // SAFETY: the array is ours and unused (the contract).
+    unsafe { os::unmap(array.cast::<u8>(), bytes) };
 }
 
 /// Unmaps `h`'s index array (its tables are gone or about to be).
@@ -224,10 +243,7 @@ pub(super) unsafe fn free_index(h: *mut Heap) {
     // SAFETY: the array is h's own mapping and no longer used (the contract).
     unsafe {
         if !(*h).buckets.is_null() {
-            os::unmap(
-                (*h).buckets.cast::<u8>(),
-                (*h).nbuckets * size_of::<*mut Table>(),
-            );
+            unmap_index((*h).buckets, (*h).nbuckets);
         }
         (*h).buckets = null_mut();
         (*h).nbuckets = 0;

@@ -20,6 +20,8 @@ pub struct Cache {
     /// Where charges go: the origin, or after close its nearest open ancestor (holds a
     /// reference). Under the cache lock and TREE_LOCK to change.
     pub scope: *mut ScopeNode,
+    /// The size class (`LARGE_CLASS` for large and huge objects); immutable after creation.
+    pub(super) class: u16,
     // Under the cache lock:
     pub(super) slabs: *mut Slab,
     abandoned: *mut Slab,
@@ -27,6 +29,9 @@ pub struct Cache {
     pub(super) large_bytes: u64,
     pub(super) large_objects: u64,
     pub(super) large_allocs: u64,
+    /// The part of `large_bytes` / `large_objects` that is huge objects (own mappings).
+    pub(super) huge_bytes: u64,
+    pub(super) huge_objects: u64,
     // Under TREE_LOCK:
     pub(super) rnext: *mut Cache,
     pub(super) rprev: *mut Cache,
@@ -165,6 +170,9 @@ fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
                 (*c).large_bytes = 0;
                 (*c).large_objects = 0;
                 (*c).large_allocs = 0;
+                (*c).huge_bytes = 0;
+                (*c).huge_objects = 0;
+                (*c).class = class as u16;
                 (*c).rnext = null_mut();
                 (*c).rprev = null_mut();
                 (*c).snext = null_mut();
@@ -174,8 +182,8 @@ fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
                 LIVE_CACHES.fetch_add(1, Ordering::Relaxed);
                 (*s).lock.lock();
                 (*s).caches[class].store(c, Ordering::Release);
+                (*s).cache_mask |= 1 << class;
                 (*s).lock.unlock();
-                (*s).cache_mask[class / 64] |= 1 << (class % 64);
                 true
             }
         }
@@ -336,17 +344,25 @@ impl Cache {
         self.abandoned
     }
 
-    /// Records a new large object (lock held).
-    pub fn add_large(&mut self, bytes: u64) {
+    /// Records a new large object (lock held); `huge`: it has a mapping of its own.
+    pub fn add_large(&mut self, bytes: u64, huge: bool) {
         self.large_bytes += bytes;
         self.large_objects += 1;
         self.large_allocs += 1;
+        if huge {
+            self.huge_bytes += bytes;
+            self.huge_objects += 1;
+        }
     }
 
-    /// Forgets a freed large object (lock held).
-    pub fn remove_large(&mut self, bytes: u64) {
+    /// Forgets a freed large object (lock held); `huge` as given to [`Cache::add_large`].
+    pub fn remove_large(&mut self, bytes: u64, huge: bool) {
         self.large_bytes -= bytes;
         self.large_objects -= 1;
+        if huge {
+            self.huge_bytes -= bytes;
+            self.huge_objects -= 1;
+        }
     }
 }
 

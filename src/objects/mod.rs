@@ -14,4 +14,6 @@ pub mod size_class;
 #[cfg(not(loom))]
 pub mod slab;
 #[cfg(not(loom))]
+pub mod snapshot;
+#[cfg(not(loom))]
 pub mod stats;

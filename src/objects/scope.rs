@@ -43,6 +43,8 @@ use core::ptr::null_mut;
 
 const LIVE: u8 = 0;
 const CLOSED: u8 = 1;
+// `ScopeNode::cache_mask` has a bit per slot.
+const _: () = assert!(NCLASSES < 128);
 /// Longest name kept; longer names are truncated at a character boundary.
 pub const NAME_MAX: usize = 63;
 
@@ -77,12 +79,12 @@ pub struct ScopeNode {
     pub(super) reparented: *mut Cache,
     /// Scratch of a close: the subtree's usage before the close (see `close`).
     pub(super) scratch: Usage,
-    /// Bit `k` set: `caches[k]` holds a cache (under TREE_LOCK), so that statistics and close
-    /// visit only the slots in use.
-    pub(super) cache_mask: [u64; 2],
     /// The scope's caches by class (`LARGE_CLASS` last); written under TREE_LOCK and the node
     /// lock, read under the node lock.
     pub(super) caches: [AtomicPtr<Cache>; NCLASSES + 1],
+    /// Bit `k` set: `caches[k]` is not null (under TREE_LOCK), so that readers under the tree
+    /// lock (statistics, reports) visit the caches a scope has without loading every slot.
+    pub(super) cache_mask: u128,
     name_len: u8,
     name: [u8; NAME_MAX],
 }
@@ -113,8 +115,8 @@ impl ScopeNode {
             prev_sibling: null_mut(),
             reparented: null_mut(),
             scratch: Usage::ZERO,
-            cache_mask: [0; 2],
             caches: [const { AtomicPtr::new(null_mut()) }; NCLASSES + 1],
+            cache_mask: 0,
             name_len: 4,
             name,
         }
@@ -231,10 +233,10 @@ pub unsafe fn create_child(parent: *mut ScopeNode, name: &str) -> *mut ScopeNode
         (*n).final_frees.store(0, Ordering::Relaxed);
         (*n).first_child = null_mut();
         (*n).reparented = null_mut();
-        (*n).cache_mask = [0; 2];
         for c in (*n).caches.iter() {
             c.store(null_mut(), Ordering::Relaxed);
         }
+        (*n).cache_mask = 0;
         let mut len = name.len().min(NAME_MAX);
         while !name.is_char_boundary(len) {
             len -= 1;
@@ -364,9 +366,9 @@ unsafe fn close_node(_tree: &TreeGuard, x: *mut ScopeNode, target: *mut ScopeNod
         (*x).prev_sibling = null_mut();
         // Each cache leaves the array under the node lock, then is killed and pointed at
         // `target` under its own lock; `target` gains the cache's reference that `x` loses.
-        let in_use = (*x).cache_mask != [0; 2];
-        (*x).cache_mask = [0; 2];
-        // A scope that never allocated has no cache: skip the node lock and the slots.
+        let in_use = (*x).cache_mask != 0;
+        (*x).cache_mask = 0; // close_slots empties every slot
+                             // A scope that never allocated has no cache: skip the node lock and the slots.
         if in_use {
             super::protocol::close_slots(
                 &(*x).lock,
@@ -402,6 +404,29 @@ unsafe fn close_node(_tree: &TreeGuard, x: *mut ScopeNode, target: *mut ScopeNod
         (*target).folded_allocs.fetch_add(folded, Ordering::Relaxed);
     }
     OPEN_SCOPES.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The caches of `x`'s slots with their classes (its own caches, not those reparented into it).
+///
+/// # Safety
+/// The tree lock is held (`_tree`); `x` is alive.
+pub(super) unsafe fn own_caches(
+    _tree: &TreeGuard,
+    x: *mut ScopeNode,
+) -> impl Iterator<Item = (usize, *mut Cache)> {
+    // SAFETY: the tree lock guards `cache_mask` and the slots' writers; x is alive.
+    let mut mask = unsafe { (*x).cache_mask };
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let class = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        // SAFETY: as above; a set bit means the slot holds a cache, alive under the tree lock.
+        let c = unsafe { (*x).caches[class].load(Ordering::Acquire) };
+        debug_assert!(!c.is_null());
+        Some((class, c))
+    })
 }
 
 /// Links `c` on `target`'s list of caches reparented into it.

@@ -2,7 +2,7 @@
 //! per-thread halves) and the caches' large-object figures. Exact once threads are quiet.
 
 use super::cache::Cache;
-use super::scope::{tree_lock, ScopeNode, TreeGuard};
+use super::scope::{own_caches, tree_lock, ScopeNode, TreeGuard};
 use super::size_class::{class_of, LARGE_CLASS, NCLASSES};
 use crate::accounting::counter::EventCounts;
 use crate::sync::Ordering;
@@ -22,10 +22,14 @@ use crate::sync::Ordering;
 /// drop(v);
 /// assert_eq!(s.stats().frees, 1);
 /// ```
+/// With the `serde` feature it serialises with cgroup v2's names where they mean the same:
+/// `current` (`bytes`), `peak` (`peak_bytes`), `charged` (`charged_bytes`).
 #[repr(C)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScopeStats {
     /// Usable bytes of live objects, descendants included.
+    #[cfg_attr(feature = "serde", serde(rename = "current"))]
     pub bytes: u64,
     /// Usable bytes of live objects charged to this scope itself.
     pub self_bytes: u64,
@@ -36,10 +40,12 @@ pub struct ScopeStats {
     /// High-water mark of `charged_bytes` since creation or `Scope::reset_peak`: above the peak
     /// of live bytes by at most `max(4 KiB, live / 8)` plus one object per thread that
     /// allocated in the scope (stocks grow with the live bytes).
+    #[cfg_attr(feature = "serde", serde(rename = "peak"))]
     pub peak_bytes: u64,
     /// Bytes held against the limit: live bytes plus what per-thread stocks hold in advance
     /// (at most `max(8 KiB, live / 4)`, 128 KiB at most, per thread that allocated in the scope)
     /// and remote frees not yet collected by their slab's thread.
+    #[cfg_attr(feature = "serde", serde(rename = "charged"))]
     pub charged_bytes: u64,
     /// Allocations charged here since creation, descendants included.
     pub allocs: u64,
@@ -66,6 +72,7 @@ pub struct ScopeStats {
 /// assert_eq!(tenant.events().max, 1); // hierarchical: the request's refusal counts here too
 /// assert_eq!(tenant.events_local().max, 0); // but not as the tenant's own
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ScopeEvents {
@@ -77,6 +84,18 @@ pub struct ScopeEvents {
 }
 
 impl ScopeEvents {
+    /// Each event's name and count: the one list the report's exports read (text, Prometheus).
+    ///
+    /// ```
+    /// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+    /// let r = scopealloc::Scope::root().child("events-iter-doc").report();
+    /// let names: Vec<&str> = r.scopes[0].events.iter().map(|(name, _)| name).collect();
+    /// assert_eq!(names, ["high", "max"]);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [("high", self.high), ("max", self.max)].into_iter()
+    }
+
     /// A snapshot of `e` (each count read once; the two are not one atomic snapshot).
     pub(crate) fn read(e: &EventCounts) -> ScopeEvents {
         ScopeEvents {
@@ -112,12 +131,44 @@ impl Usage {
     }
 }
 
-/// Usage of one cache.
+/// Figures of one cache, read under its lock: what statistics sum and what a report shows per
+/// size class.
+#[derive(Clone, Copy, Default, Debug)]
+pub(super) struct CacheFigures {
+    /// Live objects (small: in its slabs; large class: large and huge objects).
+    pub objects: u64,
+    /// Usable bytes of those.
+    pub bytes: u64,
+    /// Allocations ever charged to the cache.
+    pub allocs: u64,
+    /// Slabs attached (small classes).
+    pub slabs: u64,
+    /// Bytes of objects the slabs can hold: Σ capacity × object size (small classes).
+    pub capacity_bytes: u64,
+    /// The part of `objects` / `bytes` that is huge objects (large class).
+    pub huge_objects: u64,
+    pub huge_bytes: u64,
+}
+
+impl CacheFigures {
+    /// Adds another cache's figures (of the same class).
+    pub(super) fn add(&mut self, o: &CacheFigures) {
+        self.objects += o.objects;
+        self.bytes += o.bytes;
+        self.allocs += o.allocs;
+        self.slabs += o.slabs;
+        self.capacity_bytes += o.capacity_bytes;
+        self.huge_objects += o.huge_objects;
+        self.huge_bytes += o.huge_bytes;
+    }
+}
+
+/// Figures of one cache.
 ///
 /// # Safety
 /// The tree lock is held (it keeps `c` from being released).
-unsafe fn cache_usage(c: *mut Cache) -> Usage {
-    let mut f = Usage::default();
+pub(super) unsafe fn cache_figures(c: *mut Cache) -> CacheFigures {
+    let mut f = CacheFigures::default();
     // SAFETY: the tree lock keeps c alive; its lists and figures are read under its own lock.
     unsafe {
         (*c).refs.lock();
@@ -127,12 +178,17 @@ unsafe fn cache_usage(c: *mut Cache) -> Usage {
         while !s.is_null() {
             f.allocs += (*s).allocs.load(Ordering::Relaxed);
             let live = (*s).live() as u64;
-            f.bytes += live * (*s).block_size as u64;
+            let size = (*s).block_size as u64;
+            f.bytes += live * size;
             f.objects += live;
+            f.slabs += 1;
+            f.capacity_bytes += (*s).capacity as u64 * size;
             s = (*s).cnext;
         }
         f.bytes += (*c).large_bytes;
         f.objects += (*c).large_objects;
+        f.huge_bytes = (*c).huge_bytes;
+        f.huge_objects = (*c).huge_objects;
         f.allocs += (*c).folded_allocs + (*c).large_allocs;
         (*c).refs.unlock();
     }
@@ -200,24 +256,30 @@ pub(super) unsafe fn subtree_usage_by_class(
     }
 }
 
+/// Usage of one cache.
+///
+/// # Safety
+/// The tree lock is held (it keeps `c` from being released).
+unsafe fn cache_usage(c: *mut Cache) -> Usage {
+    // SAFETY: per the contract.
+    let f = unsafe { cache_figures(c) };
+    Usage {
+        bytes: f.bytes,
+        objects: f.objects,
+        allocs: f.allocs,
+    }
+}
+
 /// Usage charged to `x` itself (its caches and the caches reparented into it).
 ///
 /// # Safety
-/// The tree lock is held; `x` is alive.
-unsafe fn self_usage(x: *mut ScopeNode) -> Usage {
+/// The tree lock is held (`tree`); `x` is alive.
+unsafe fn self_usage(tree: &TreeGuard, x: *mut ScopeNode) -> Usage {
     let mut f = Usage::default();
     // SAFETY: the tree lock guards the caches array's writers and the reparented list.
     unsafe {
-        for (w, &word) in (*x).cache_mask.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let class = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let c = (*x).caches[class].load(Ordering::Acquire);
-                if !c.is_null() {
-                    f.add(cache_usage(c));
-                }
-            }
+        for (_, c) in own_caches(tree, x) {
+            f.add(cache_usage(c));
         }
         let mut c = (*x).reparented;
         while !c.is_null() {
@@ -252,15 +314,15 @@ unsafe fn next_preorder(top: *mut ScopeNode, mut x: *mut ScopeNode) -> *mut Scop
 /// (self, total) usage of an open scope: an iterative walk of its subtree.
 ///
 /// # Safety
-/// The tree lock is held; `top` is open and alive.
-unsafe fn subtree_usage(top: *mut ScopeNode) -> (Usage, Usage) {
+/// The tree lock is held (`tree`); `top` is open and alive.
+unsafe fn subtree_usage(tree: &TreeGuard, top: *mut ScopeNode) -> (Usage, Usage) {
     // SAFETY: per the contract.
     unsafe {
-        let me = self_usage(top);
+        let me = self_usage(tree, top);
         let mut total = me;
         let mut x = next_preorder(top, top);
         while !x.is_null() {
-            total.add(self_usage(x));
+            total.add(self_usage(tree, x));
             x = next_preorder(top, x);
         }
         (me, total)
@@ -272,15 +334,15 @@ unsafe fn subtree_usage(top: *mut ScopeNode) -> (Usage, Usage) {
 ///
 /// # Safety
 /// `top` is open and alive, and the caller holds the tree lock (`_tree`).
-pub(super) unsafe fn record_subtree_usage(_tree: &TreeGuard, top: *mut ScopeNode) {
+pub(super) unsafe fn record_subtree_usage(tree: &TreeGuard, top: *mut ScopeNode) {
     // SAFETY: the tree lock guards the links and the scratch fields; nodes in the tree are alive.
     unsafe {
         let mut x = top;
-        (*x).scratch = self_usage(x);
+        (*x).scratch = self_usage(tree, x);
         'down: loop {
             while !(*x).first_child.is_null() {
                 x = (*x).first_child;
-                (*x).scratch = self_usage(x);
+                (*x).scratch = self_usage(tree, x);
             }
             loop {
                 // x's subtree is complete.
@@ -292,7 +354,7 @@ pub(super) unsafe fn record_subtree_usage(_tree: &TreeGuard, top: *mut ScopeNode
                 (*p).scratch.add(done);
                 if !(*x).next_sibling.is_null() {
                     x = (*x).next_sibling;
-                    (*x).scratch = self_usage(x);
+                    (*x).scratch = self_usage(tree, x);
                     continue 'down;
                 }
                 x = p;
@@ -321,7 +383,7 @@ pub unsafe fn stats(x: *mut ScopeNode) -> ScopeStats {
                 ..Default::default()
             }
         } else {
-            let (me, total) = subtree_usage(x);
+            let (me, total) = subtree_usage(&tree, x);
             ScopeStats {
                 bytes: total.bytes,
                 self_bytes: me.bytes,

@@ -112,6 +112,18 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
 /// # Safety
 /// `ptr..ptr+len` was mapped by [`map_aligned`] and nothing refers to it any more.
 pub unsafe fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller's contract is unmap_scratch's.
+    let len = unsafe { unmap_scratch(ptr, len) };
+    RETURNED.fetch_add(len, Ordering::Relaxed);
+}
+
+/// Unmaps a short-lived buffer of the allocator's own (a report's snapshot), like [`unmap`] but
+/// not counted in [`RETURNED`], which counts the heap's memory given back. Returns the length
+/// unmapped (whole pages).
+///
+/// # Safety
+/// As for [`unmap`].
+pub unsafe fn unmap_scratch(ptr: *mut u8, len: usize) -> usize {
     debug_assert!(
         crate::sync::syscalls_allowed(),
         "munmap under the back-end lock"
@@ -122,7 +134,7 @@ pub unsafe fn unmap(ptr: *mut u8, len: usize) {
         libc::munmap(ptr as *mut libc::c_void, len);
     }
     MAPPED.fetch_sub(len, Ordering::Relaxed);
-    RETURNED.fetch_add(len, Ordering::Relaxed);
+    len
 }
 
 /// Gives the physical pages of a range back to the OS; the range stays mapped and reads as zero
