@@ -1,9 +1,10 @@
 //! The statistics report: allocator figures and the scope tree, as plain text lines.
 //!
-//! Printed at exit with `SCOPEALLOC_STATS=1` or `text` (JSON or Prometheus with `json` or
-//! `prometheus`, through the core's `Report`, which allocates) (by a destructor in `.fini_array`, which the loader
-//! runs after the program's `atexit` handlers and the destructors of libraries loaded after
-//! this one), and on demand by `scopealloc_print_stats`. Each line is formatted into a stack
+//! Printed at exit with `SCOPEALLOC_STATS=1` or `text` (by a destructor in `.fini_array`, which
+//! the loader runs after the program's `atexit` handlers and the destructors of libraries loaded
+//! after this one), on `SCOPEALLOC_STATS_SIGNAL` (see `signal`), and on demand by
+//! `scopealloc_print_stats` and `scopealloc_report`. JSON and Prometheus (`json`, `prometheus`)
+//! come from the core's `Report`, which allocates its text outside any allocator lock. Each line is formatted into a stack
 //! buffer and written with `libc::write`: no `core::fmt`, nothing that can recurse into
 //! `malloc` while holding a lock. (`Scope::children` allocates its vector through the core
 //! directly, outside any lock.)
