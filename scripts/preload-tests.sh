@@ -236,7 +236,8 @@ fi
 
 # --- a report of a running program on SCOPEALLOC_STATS_SIGNAL ------------------------------
 # Python sends itself SIGUSR2, waits for the report and reads it back before it exits; the
-# JSON must parse and hold the root scope.
+# JSON must parse and hold the root scope. Then every line of the file must parse: the signal's
+# report, python's at exit, and that of `timeout` (also preloaded) at exit.
 cat >"$WORK/stats_signal.py" <<'PYEOF'
 import json, os, signal, sys, time
 path = sys.argv[1]
@@ -255,7 +256,8 @@ PRELOAD=1 SCOPEALLOC_STATS=json SCOPEALLOC_STATS_SIGNAL=USR2 SCOPEALLOC_STATS_FI
     run stats-signal.preload "$PY" "$WORK/stats_signal.py" "$WORK/signal.json"
 if [ "$(cat "$WORK/stats-signal.preload.rc")" = 0 ] &&
     [ "$(cat "$WORK/stats-signal.preload.out")" = "report while running: root holds enough" ] &&
-    [ "$(wc -l <"$WORK/signal.json")" = 2 ] && ! grep -q '^scopealloc:' "$WORK/stats-signal.preload.err"; then
+    [ "$("$PY" -c 'import json, sys; print(len([json.loads(l) for l in open(sys.argv[1])]) >= 2)' "$WORK/signal.json")" = True ] &&
+    ! grep -q '^scopealloc:' "$WORK/stats-signal.preload.err"; then
     pass "stats-report-on-signal"
 else
     fail "stats-report-on-signal" "status $(cat "$WORK/stats-signal.preload.rc"), stdout $(head -c 300 "$WORK/stats-signal.preload.out"), stderr $(head -c 300 "$WORK/stats-signal.preload.err")"
