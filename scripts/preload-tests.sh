@@ -5,7 +5,7 @@
 # crash), git init/add/commit/gc/fsck, sort of a large generated file, tests/c/threads.c
 # (cross-thread frees), tests/c/forkexec.c (fork + exec from a threaded program), allocations
 # from another library's constructor before scopealloc's (tests/c/early.c), and the
-# SCOPEALLOC_STATS report at exit.
+# SCOPEALLOC_STATS report at exit, and SCOPEALLOC_STATS_SIGNAL=USR2 (JSON) of a running python3.
 #
 # Usage: scripts/preload-tests.sh [path/to/libscopealloc.so]
 #   Without an argument it uses $SCOPEALLOC_SO, or builds the library with
@@ -232,6 +232,35 @@ if [ "$(cat "$WORK/stats.preload.rc")" = 0 ] && [ "$(cat "$WORK/stats.preload.ou
     pass "stats-report-at-exit"
 else
     fail "stats-report-at-exit" "status $(cat "$WORK/stats.preload.rc"), stderr $(head -c 300 "$WORK/stats.preload.err")"
+fi
+
+# --- a report of a running program on SCOPEALLOC_STATS_SIGNAL ------------------------------
+# Python sends itself SIGUSR2, waits for the report and reads it back before it exits; the
+# JSON must parse and hold the root scope. Then every line of the file must parse: the signal's
+# report, python's at exit, and that of `timeout` (also preloaded) at exit.
+cat >"$WORK/stats_signal.py" <<'PYEOF'
+import json, os, signal, sys, time
+path = sys.argv[1]
+keep = [bytearray(1000) for _ in range(1000)]
+os.kill(os.getpid(), signal.SIGUSR2)
+for _ in range(500):
+    time.sleep(0.01)
+    if os.path.exists(path) and open(path).read().endswith("\n"):
+        break
+d = json.loads(open(path).read())
+root = [s for s in d["scopes"] if s["path"] == ""][0]
+print("report while running: root holds", "enough" if root["current"] >= 1000 * 1000 else root["current"])
+PYEOF
+rm -f "$WORK/signal.json"
+PRELOAD=1 SCOPEALLOC_STATS=json SCOPEALLOC_STATS_SIGNAL=USR2 SCOPEALLOC_STATS_FILE="$WORK/signal.json" \
+    run stats-signal.preload "$PY" "$WORK/stats_signal.py" "$WORK/signal.json"
+if [ "$(cat "$WORK/stats-signal.preload.rc")" = 0 ] &&
+    [ "$(cat "$WORK/stats-signal.preload.out")" = "report while running: root holds enough" ] &&
+    [ "$("$PY" -c 'import json, sys; print(len([json.loads(l) for l in open(sys.argv[1])]) >= 2)' "$WORK/signal.json")" = True ] &&
+    ! grep -q '^scopealloc:' "$WORK/stats-signal.preload.err"; then
+    pass "stats-report-on-signal"
+else
+    fail "stats-report-on-signal" "status $(cat "$WORK/stats-signal.preload.rc"), stdout $(head -c 300 "$WORK/stats-signal.preload.out"), stderr $(head -c 300 "$WORK/stats-signal.preload.err")"
 fi
 
 echo "$passed passed, $failed failed"

@@ -67,6 +67,9 @@ fn compile(source: &str, name: &str, extra: &[&str]) -> PathBuf {
         .arg(root().join(source))
         .arg("-L")
         .arg(lib)
+        // RPATH, not RUNPATH: cargo puts its own library directories (which may hold another
+        // libscopealloc.so) in LD_LIBRARY_PATH, which RUNPATH yields to and RPATH does not.
+        .arg("-Wl,--disable-new-dtags")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .args(["-lscopealloc", "-ldl", "-o"])
         .arg(&exe)
@@ -186,4 +189,240 @@ fn real_programs_under_ld_preload_match_plain_runs() {
         .output()
         .unwrap();
     assert_all_passed(&out, "scripts/preload-tests.sh");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report from C: scopealloc_report() and SCOPEALLOC_STATS=json|prometheus|text at exit and
+// on SCOPEALLOC_STATS_SIGNAL (tests/c/report.c).
+
+/// The `bytes N` lines a run of tests/c/report.c printed.
+fn printed_bytes(out: &Output) -> Vec<u64> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("bytes ")?.parse().ok())
+        .collect()
+}
+
+/// For each JSON document of `text` (one per line), the `current` bytes of each scope of
+/// `paths`, parsed by Python's json module (which fails on invalid JSON).
+fn json_current(text: &str, paths: &[&str]) -> Vec<Vec<u64>> {
+    let script = r#"
+import json, sys
+paths = sys.argv[1:]
+for line in sys.stdin.read().splitlines():
+    if not line.strip():
+        continue
+    d = json.loads(line)
+    assert isinstance(d["heap"], dict) and d["heap"]["mapped"] > 0, d["heap"]
+    by = {s["path"]: s for s in d["scopes"]}
+    print(" ".join(str(by[p]["current"]) for p in paths))
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(paths)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    check(&out, &format!("python3 json.loads of:\n{text}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
+        .collect()
+}
+
+/// The value of the sample `name{scope="scope"}` in a Prometheus exposition.
+fn prometheus_sample(text: &str, name: &str, scope: &str) -> Option<u64> {
+    let head = format!("{name}{{scope=\"{scope}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&head)?.trim().parse().ok())
+}
+
+/// `bytes=` of the flat text report's line for scope `name` at `depth`, one per report.
+fn text_bytes(text: &str, name: &str, depth: usize) -> Vec<u64> {
+    let head = format!("scopealloc: {}scope {name} id=", " ".repeat(2 * depth));
+    text.lines()
+        .filter(|l| l.starts_with(&head))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("bytes=")?.parse().ok())
+                .unwrap()
+        })
+        .collect()
+}
+
+fn report_program() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("tests/c/report.c", "report", &["-fno-builtin"]))
+}
+
+/// A fresh directory for one test's files.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = scratch().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const TENANT: &str = "c-report/tenant-x";
+
+#[test]
+fn c_report_writes_text_json_and_prometheus_into_a_buffer() {
+    let exe = report_program();
+    let dir = fresh_dir("report-api");
+    let out = Command::new(exe).arg("api").arg(&dir).output().unwrap();
+    assert_all_passed(&out, "tests/c/report.c api");
+    let bytes = printed_bytes(&out);
+    assert_eq!(bytes.len(), 1, "{out:?}");
+    let n = bytes[0];
+    assert!(n >= 5000, "{n}");
+
+    let json = std::fs::read_to_string(dir.join("api.json")).unwrap();
+    assert_eq!(json.lines().count(), 1, "one line of JSON");
+    assert_eq!(
+        json_current(&json, &[TENANT, "c-report"]),
+        [[n, n]],
+        "the tenant's bytes, and its parent's (which holds nothing itself)"
+    );
+
+    let prom = std::fs::read_to_string(dir.join("api.prom")).unwrap();
+    assert_eq!(
+        prometheus_sample(&prom, "scopealloc_scope_bytes", TENANT),
+        Some(n),
+        "{prom}"
+    );
+    assert_eq!(
+        prometheus_sample(&prom, "scopealloc_scope_objects", TENANT),
+        Some(1),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("# TYPE scopealloc_scope_bytes gauge"),
+        "{prom}"
+    );
+
+    let text = std::fs::read_to_string(dir.join("api.txt")).unwrap();
+    assert_eq!(text_bytes(&text, "tenant-x", 2), [n], "{text}");
+}
+
+#[test]
+fn stats_json_and_prometheus_at_exit_go_to_the_stats_file() {
+    let exe = report_program();
+    let dir = fresh_dir("report-exit");
+    let file = dir.join("stats.json");
+    let out = Command::new(exe)
+        .arg("exit")
+        .env("SCOPEALLOC_STATS", "json")
+        .env("SCOPEALLOC_STATS_FILE", &file)
+        .output()
+        .unwrap();
+    check(&out, "report exit, SCOPEALLOC_STATS=json");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let n = printed_bytes(&out)[0];
+    let json = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(json_current(&json, &[TENANT]), [[n]], "{json}");
+
+    let file = dir.join("stats.prom");
+    let out = Command::new(exe)
+        .arg("exit")
+        .env("SCOPEALLOC_STATS", "prometheus")
+        .env("SCOPEALLOC_STATS_FILE", &file)
+        .output()
+        .unwrap();
+    check(&out, "report exit, SCOPEALLOC_STATS=prometheus");
+    let n = printed_bytes(&out)[0];
+    let prom = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        prometheus_sample(&prom, "scopealloc_scope_bytes", TENANT),
+        Some(n),
+        "{prom}"
+    );
+
+    // `text` is today's `1`.
+    let out = Command::new(exe)
+        .arg("exit")
+        .env("SCOPEALLOC_STATS", "text")
+        .output()
+        .unwrap();
+    check(&out, "report exit, SCOPEALLOC_STATS=text");
+    let n = printed_bytes(&out)[0];
+    assert_eq!(
+        text_bytes(&String::from_utf8_lossy(&out.stderr), "tenant-x", 2),
+        [n],
+        "{out:?}"
+    );
+}
+
+#[test]
+fn stats_signal_writes_a_report_of_the_running_process() {
+    let exe = report_program();
+    let dir = fresh_dir("report-signal");
+
+    // JSON: one line per signal while the program runs (figures of that moment), one at exit.
+    let file = dir.join("signal.json");
+    let out = Command::new(exe)
+        .arg("signal")
+        .arg(&file)
+        .env("SCOPEALLOC_STATS", "json")
+        .env("SCOPEALLOC_STATS_SIGNAL", "USR2")
+        .env("SCOPEALLOC_STATS_FILE", &file)
+        .output()
+        .unwrap();
+    check(&out, "report signal, json");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("seen 2"),
+        "{out:?}"
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let n = printed_bytes(&out);
+    assert_eq!(n.len(), 2);
+    assert!(n[1] > n[0] + 60_000, "{n:?}");
+    let json = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        json_current(&json, &[TENANT]),
+        [[n[0]], [n[1]], [n[1]]],
+        "two reports on the signal, one at exit:\n{json}"
+    );
+
+    // Without SCOPEALLOC_STATS: text, and nothing at exit.
+    let file = dir.join("signal.txt");
+    let out = Command::new(exe)
+        .arg("signal")
+        .arg(&file)
+        .env("SCOPEALLOC_STATS_SIGNAL", "SIGUSR2")
+        .env("SCOPEALLOC_STATS_FILE", &file)
+        .output()
+        .unwrap();
+    check(&out, "report signal, text");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("seen 2"),
+        "{out:?}"
+    );
+    let n = printed_bytes(&out);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text_bytes(&text, "tenant-x", 2), n, "{text}");
+
+    // An unknown signal name: one warning line, no handler (SIGUSR2 would then kill it).
+    let out = Command::new(exe)
+        .arg("exit")
+        .env("SCOPEALLOC_STATS_SIGNAL", "KILL")
+        .output()
+        .unwrap();
+    check(&out, "report exit, SCOPEALLOC_STATS_SIGNAL=KILL");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("scopealloc: warning: ignoring SCOPEALLOC_STATS_SIGNAL=\"KILL\"")
+            && err.lines().count() == 1,
+        "{err}"
+    );
 }

@@ -28,14 +28,17 @@
  *     free(buf);
  *     scopealloc_scope_release(req);         // last handle: the scope closes
  *
- * Environment (read once at start-up): SCOPEALLOC_LIMIT, SCOPEALLOC_STATS,
- * SCOPEALLOC_STATS_FILE, SCOPEALLOC_CHECK, SCOPEALLOC_DECAY_MS; see README.md.
+ * Environment (read once at start-up): SCOPEALLOC_LIMIT, SCOPEALLOC_STATS (0, 1 or text, json,
+ * prometheus), SCOPEALLOC_STATS_FILE, SCOPEALLOC_STATS_SIGNAL (USR1, USR2, HUP: write the
+ * report when the running process receives that signal), SCOPEALLOC_CHECK,
+ * SCOPEALLOC_DECAY_MS; see README.md.
  */
 #ifndef SCOPEALLOC_H
 #define SCOPEALLOC_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -164,6 +167,34 @@ int scopealloc_heap_stats(struct scopealloc_heap_stats *out);
  * It does not call malloc for its output; it is safe to call at any time after start-up.
  */
 void scopealloc_print_stats(int fd);
+
+/* Formats of scopealloc_report() (and of SCOPEALLOC_STATS=text|json|prometheus). */
+#define SCOPEALLOC_REPORT_TEXT 0       /* the lines of scopealloc_print_stats() */
+#define SCOPEALLOC_REPORT_JSON 1       /* one line of JSON: {"heap":{...},"scopes":[...]},
+                                          scopes in pre-order, each with "path", "name", "id",
+                                          "parent", "depth", "current" (bytes), "objects",
+                                          "self_bytes", "self_objects", "peak", "max" (the
+                                          limit or null), "charged", "allocs", "frees",
+                                          "events" {"max": N} and "classes"; see docs/REPORT.md */
+#define SCOPEALLOC_REPORT_PROMETHEUS 2 /* Prometheus text exposition (format 0.0.4):
+                                          scopealloc_scope_bytes{scope="a/b"} N, _objects,
+                                          _peak_bytes, ... with HELP and TYPE lines; deep or
+                                          numerous scopes folded into "(others)" series */
+
+/*
+ * Writes a report of the whole scope tree, taken now, in `format` (SCOPEALLOC_REPORT_*) into
+ * buf, like snprintf: at most `len` bytes, NUL-terminated when len > 0 (cut if needed), and
+ * returns the length of the whole report, not counting the NUL, whether or not it fitted;
+ * buf may be NULL when len is 0 (to ask for the length). Each call takes a new report, so a
+ * second call may need a little more room than the first returned: leave a margin, and call
+ * again if the result is >= len. Returns -1 and sets errno to EINVAL (unknown format, or buf
+ * NULL with len > 0) or ENOMEM (no memory for the report).
+ *
+ * JSON and Prometheus build the report with malloc (charged to the calling thread's current
+ * scope, after the figures were read: they do not include it); do not call it from a signal
+ * handler.
+ */
+ssize_t scopealloc_report(char *buf, size_t len, int format);
 
 #ifdef __cplusplus
 }

@@ -4,7 +4,9 @@
 //!   `LD_PRELOAD=libscopealloc.so program` runs any program on scopealloc;
 //! * [`scopes`] — scopes from C (`include/scopealloc.h`);
 //! * [`options`] — `SCOPEALLOC_*` environment variables, read by a constructor;
-//! * [`report`] — the statistics report (`SCOPEALLOC_STATS=1`, `scopealloc_print_stats`);
+//! * [`report`] — the statistics report (`SCOPEALLOC_STATS`, `scopealloc_print_stats`,
+//!   `scopealloc_report`);
+//! * [`signal`] — a report of a running process on `SCOPEALLOC_STATS_SIGNAL`;
 //! * [`out`] — lines formatted on the stack and written with `write(2)`.
 //!
 //! Nothing reachable from the allocation functions allocates, formats with `core::fmt`, or
@@ -25,6 +27,7 @@ pub mod options;
 pub mod out;
 pub mod report;
 pub mod scopes;
+pub mod signal;
 
 #[global_allocator]
 static GLOBAL: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();

@@ -12,14 +12,29 @@
 use crate::out::{StackBuf, PREFIX};
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, CStr};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use scopealloc::Scope;
 
 /// `SCOPEALLOC_CHECK=1`: extra checks in `free`/`realloc` (double free) and junk/poison fills.
 pub static CHECK: AtomicBool = AtomicBool::new(false);
 
-/// `SCOPEALLOC_STATS=1`: print the report at exit.
+/// `SCOPEALLOC_STATS=1|text|json|prometheus`: print the report at exit.
 pub static STATS: AtomicBool = AtomicBool::new(false);
+
+/// The report's format, for the report at exit and on `SCOPEALLOC_STATS_SIGNAL`: one of
+/// [`FORMAT_TEXT`], [`FORMAT_JSON`], [`FORMAT_PROMETHEUS`] (text unless `SCOPEALLOC_STATS`
+/// names another).
+pub static STATS_FORMAT: AtomicU8 = AtomicU8::new(FORMAT_TEXT);
+
+/// The flat text report (`SCOPEALLOC_REPORT_TEXT` in the header).
+pub const FORMAT_TEXT: u8 = 0;
+/// JSON (`SCOPEALLOC_REPORT_JSON`).
+pub const FORMAT_JSON: u8 = 1;
+/// Prometheus text exposition (`SCOPEALLOC_REPORT_PROMETHEUS`).
+pub const FORMAT_PROMETHEUS: u8 = 2;
+
+/// `SCOPEALLOC_STATS_SIGNAL`: the signal number that asks for a report (0: none).
+pub static STATS_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// Longest `SCOPEALLOC_STATS_FILE` accepted, terminating NUL included.
 pub const PATH_MAX: usize = 4096;
@@ -66,9 +81,18 @@ extern "C" fn read_options(_argc: c_int, _argv: *const *const c_char, _env: *con
         }
     }
     if let Some(v) = env(c"SCOPEALLOC_STATS") {
-        match parse_flag(v) {
-            Some(on) => STATS.store(on, Ordering::Relaxed),
-            None => warn(b"SCOPEALLOC_STATS", v, b"expected 0 or 1", b"0"),
+        match parse_stats(v) {
+            Some(None) => STATS.store(false, Ordering::Relaxed),
+            Some(Some(format)) => {
+                STATS_FORMAT.store(format, Ordering::Relaxed);
+                STATS.store(true, Ordering::Relaxed);
+            }
+            None => warn(
+                b"SCOPEALLOC_STATS",
+                v,
+                b"expected 0, 1, text, json or prometheus",
+                b"0",
+            ),
         }
     }
     if let Some(v) = env(c"SCOPEALLOC_STATS_FILE") {
@@ -84,6 +108,17 @@ extern "C" fn read_options(_argc: c_int, _argv: *const *const c_char, _env: *con
             // is still false), and v.len() < PATH_MAX leaves room for the zeroed terminator.
             unsafe { (&mut *STATS_FILE.0.get())[..v.len()].copy_from_slice(v) };
             STATS_FILE_SET.store(true, Ordering::Release);
+        }
+    }
+    if let Some(v) = env(c"SCOPEALLOC_STATS_SIGNAL") {
+        match parse_signal(v) {
+            Some(sig) => STATS_SIGNAL.store(sig, Ordering::Relaxed),
+            None => warn(
+                b"SCOPEALLOC_STATS_SIGNAL",
+                v,
+                b"expected USR1, USR2 or HUP (optionally with SIG)",
+                b"none",
+            ),
         }
     }
     if let Some(v) = env(c"SCOPEALLOC_CHECK") {
@@ -102,6 +137,10 @@ extern "C" fn read_options(_argc: c_int, _argv: *const *const c_char, _env: *con
                 b"1000",
             ),
         }
+    }
+    let sig = STATS_SIGNAL.load(Ordering::Relaxed);
+    if sig != 0 {
+        crate::signal::start(sig);
     }
 }
 
@@ -142,6 +181,33 @@ fn parse_flag(v: &[u8]) -> Option<bool> {
         b"1" => Some(true),
         _ => None,
     }
+}
+
+/// `SCOPEALLOC_STATS`: `Some(None)` for off, `Some(Some(format))` for on.
+fn parse_stats(v: &[u8]) -> Option<Option<u8>> {
+    match v {
+        b"0" => Some(None),
+        b"1" | b"text" => Some(Some(FORMAT_TEXT)),
+        b"json" => Some(Some(FORMAT_JSON)),
+        b"prometheus" => Some(Some(FORMAT_PROMETHEUS)),
+        _ => None,
+    }
+}
+
+/// A signal name: `USR1`, `USR2` or `HUP`, optionally prefixed with `SIG` (any case).
+fn parse_signal(v: &[u8]) -> Option<c_int> {
+    let v = match v {
+        [s, i, g, rest @ ..] if [*s, *i, *g].eq_ignore_ascii_case(b"SIG") => rest,
+        _ => v,
+    };
+    [
+        (&b"USR1"[..], libc::SIGUSR1),
+        (b"USR2", libc::SIGUSR2),
+        (b"HUP", libc::SIGHUP),
+    ]
+    .into_iter()
+    .find(|(name, _)| v.eq_ignore_ascii_case(name))
+    .map(|(_, sig)| sig)
 }
 
 /// A decimal number without sign or suffix.
@@ -233,6 +299,28 @@ mod tests {
         assert_eq!(parse_flag(b"1"), Some(true));
         assert_eq!(parse_flag(b"yes"), None);
         assert_eq!(parse_flag(b""), None);
+    }
+
+    #[test]
+    fn stats_take_a_format() {
+        assert_eq!(parse_stats(b"0"), Some(None));
+        assert_eq!(parse_stats(b"1"), Some(Some(FORMAT_TEXT)));
+        assert_eq!(parse_stats(b"text"), Some(Some(FORMAT_TEXT)));
+        assert_eq!(parse_stats(b"json"), Some(Some(FORMAT_JSON)));
+        assert_eq!(parse_stats(b"prometheus"), Some(Some(FORMAT_PROMETHEUS)));
+        assert_eq!(parse_stats(b"yes"), None);
+        assert_eq!(parse_stats(b"JSON "), None);
+    }
+
+    #[test]
+    fn signals_are_named() {
+        assert_eq!(parse_signal(b"USR2"), Some(libc::SIGUSR2));
+        assert_eq!(parse_signal(b"SIGUSR2"), Some(libc::SIGUSR2));
+        assert_eq!(parse_signal(b"sigusr1"), Some(libc::SIGUSR1));
+        assert_eq!(parse_signal(b"HUP"), Some(libc::SIGHUP));
+        assert_eq!(parse_signal(b"KILL"), None);
+        assert_eq!(parse_signal(b"SIG"), None);
+        assert_eq!(parse_signal(b"12"), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The statistics report: allocator figures and the scope tree, as plain text lines.
 //!
-//! Printed at exit with `SCOPEALLOC_STATS=1` (by a destructor in `.fini_array`, which the loader
-//! runs after the program's `atexit` handlers and the destructors of libraries loaded after
-//! this one), and on demand by `scopealloc_print_stats`. Each line is formatted into a stack
+//! Printed at exit with `SCOPEALLOC_STATS=1` or `text` (by a destructor in `.fini_array`, which
+//! the loader runs after the program's `atexit` handlers and the destructors of libraries loaded
+//! after this one), on `SCOPEALLOC_STATS_SIGNAL` (see `signal`), and on demand by
+//! `scopealloc_print_stats` and `scopealloc_report`. JSON and Prometheus (`json`, `prometheus`)
+//! come from the core's `Report`, which allocates its text outside any allocator lock. Each line is formatted into a stack
 //! buffer and written with `libc::write`: no `core::fmt`, nothing that can recurse into
 //! `malloc` while holding a lock. (`Scope::children` allocates its vector through the core
 //! directly, outside any lock.)
@@ -38,8 +40,15 @@ extern "C" fn report_at_exit() {
     if !options::STATS.load(Ordering::Relaxed) {
         return;
     }
+    write_report(options::STATS_FORMAT.load(Ordering::Relaxed));
+}
+
+/// Writes the report in `format` (an `options::FORMAT_*`) to `SCOPEALLOC_STATS_FILE`
+/// (appended, `%p` replaced by the process id) or stderr. Called at exit and by the signal
+/// watcher, never with an allocator lock held (JSON and Prometheus allocate their text).
+pub fn write_report(format: u8) {
     let Some(path) = options::stats_file() else {
-        print(libc::STDERR_FILENO);
+        emit(libc::STDERR_FILENO, format);
         return;
     };
     let mut name = StackBuf::<{ options::PATH_MAX + 64 }>::new();
@@ -68,12 +77,88 @@ extern "C" fn report_at_exit() {
             .u64(err as u64)
             .bytes(b"); printing the report on stderr\n");
         line.write_to(libc::STDERR_FILENO);
-        print(libc::STDERR_FILENO);
+        emit(libc::STDERR_FILENO, format);
         return;
     }
-    print(fd);
+    emit(fd, format);
     // SAFETY: fd was opened above and is closed once.
     unsafe { libc::close(fd) };
+}
+
+/// Writes the report in `format` to `fd`: the flat text report, or one line of JSON, or the
+/// Prometheus exposition.
+fn emit(fd: c_int, format: u8) {
+    match format {
+        options::FORMAT_JSON | options::FORMAT_PROMETHEUS => {
+            if let Some(mut text) = render(format) {
+                if format == options::FORMAT_JSON {
+                    text.push('\n');
+                }
+                crate::out::write_all(fd, text.as_bytes());
+            }
+        }
+        _ => print(fd),
+    }
+}
+
+/// The JSON (compact, one line) or Prometheus text of a report of the whole tree taken now;
+/// `None` if the OS refused memory for the snapshot (the report has no scope). Allocates: the
+/// report's own memory is charged to the calling thread's current scope, after the figures
+/// were read.
+pub fn render(format: u8) -> Option<String> {
+    let report = scopealloc::report();
+    if report.scopes.is_empty() {
+        return None;
+    }
+    Some(match format {
+        options::FORMAT_JSON => report.to_json(),
+        _ => report.prometheus(),
+    })
+}
+
+/// Where the lines of the flat report go.
+pub trait Sink {
+    /// Takes the next bytes of the report.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+/// A file descriptor, written with `write(2)`.
+pub struct FdSink(pub c_int);
+
+impl Sink for FdSink {
+    fn put(&mut self, bytes: &[u8]) {
+        crate::out::write_all(self.0, bytes);
+    }
+}
+
+/// A caller's buffer, filled like `snprintf` does: at most `buf.len() - 1` bytes of text and a
+/// NUL, while `total` counts the whole report.
+pub struct BufSink<'a> {
+    /// Where the text goes (may be empty).
+    pub buf: &'a mut [u8],
+    /// Bytes of report seen so far, written or not.
+    pub total: usize,
+}
+
+impl Sink for BufSink<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let room = self.buf.len().saturating_sub(1);
+        if self.total < room {
+            let n = bytes.len().min(room - self.total);
+            self.buf[self.total..self.total + n].copy_from_slice(&bytes[..n]);
+        }
+        self.total += bytes.len();
+    }
+}
+
+impl BufSink<'_> {
+    /// Writes the terminating NUL (if the buffer has room for anything).
+    pub fn finish(&mut self) {
+        let room = self.buf.len().saturating_sub(1);
+        if !self.buf.is_empty() {
+            self.buf[self.total.min(room)] = 0;
+        }
+    }
 }
 
 /// Copies `path` (NUL-terminated) into `out`, replacing each `%p` with the process id.
@@ -98,8 +183,13 @@ fn until_nul(b: &[u8]) -> &[u8] {
     &b[..n]
 }
 
-/// Writes the whole report to `fd`.
+/// Writes the whole flat report to `fd`.
 pub fn print(fd: c_int) {
+    print_to(&mut FdSink(fd));
+}
+
+/// Writes the whole flat report to `sink`.
+pub fn print_to(fd: &mut dyn Sink) {
     let mut line = Line::new();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
@@ -107,7 +197,7 @@ pub fn print(fd: c_int) {
         .bytes(b"report of pid ")
         .u64(pid)
         .byte(b'\n');
-    line.write_to(fd);
+    fd.put(line.as_bytes());
 
     let h = scopealloc::heap_stats();
     let mut line = Line::new();
@@ -130,7 +220,8 @@ pub fn print(fd: c_int) {
             .size(v as u64)
             .byte(b')');
     }
-    line.byte(b'\n').write_to(fd);
+    line.byte(b'\n');
+    fd.put(line.as_bytes());
 
     let g = scopealloc::global_stats();
     let mut line = Line::new();
@@ -146,13 +237,13 @@ pub fn print(fd: c_int) {
         .bytes(b"), thread heaps ")
         .u64(g.thread_heaps as u64)
         .byte(b'\n');
-    line.write_to(fd);
+    fd.put(line.as_bytes());
 
     print_tree(fd, &Scope::root(), 0);
 }
 
 /// One line for `scope`, then its open children, depth first.
-fn print_tree(fd: c_int, scope: &Scope, depth: usize) {
+fn print_tree(fd: &mut dyn Sink, scope: &Scope, depth: usize) {
     let s = scope.stats();
     let mut line = Line::new();
     line.bytes(PREFIX)
@@ -183,14 +274,14 @@ fn print_tree(fd: c_int, scope: &Scope, depth: usize) {
         None => line.bytes(b"none"),
     };
     line.bytes(b" limit_hits=").u64(s.limit_hits).byte(b'\n');
-    line.write_to(fd);
+    fd.put(line.as_bytes());
     let children = scope.children();
     if depth >= MAX_DEPTH && !children.is_empty() {
         let mut line = Line::new();
         line.bytes(PREFIX)
             .spaces(2 * depth + 2)
             .bytes(b"(deeper scopes not shown)\n");
-        line.write_to(fd);
+        fd.put(line.as_bytes());
         return;
     }
     for child in children {

@@ -339,6 +339,61 @@ pub extern "C" fn scopealloc_print_stats(fd: c_int) {
     crate::report::print(fd);
 }
 
+/// `scopealloc_report(buf, len, format)`: the report in `format` (`SCOPEALLOC_REPORT_TEXT`,
+/// `_JSON`, `_PROMETHEUS`), like `snprintf`: writes at most `len` bytes into `buf`,
+/// NUL-terminated when `len > 0`, and returns the length of the whole report (without the
+/// NUL); -1 with errno `EINVAL` (unknown format, or `buf` NULL with `len > 0`), `ENOMEM` (no
+/// memory for the report) or `EOVERFLOW` (longer than `SSIZE_MAX`).
+///
+/// # Safety
+///
+/// `buf` is NULL or points to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn scopealloc_report(
+    buf: *mut c_char,
+    len: usize,
+    format: c_int,
+) -> libc::ssize_t {
+    use crate::options::{FORMAT_JSON, FORMAT_PROMETHEUS, FORMAT_TEXT};
+    let format = match u8::try_from(format) {
+        Ok(f @ (FORMAT_TEXT | FORMAT_JSON | FORMAT_PROMETHEUS)) => f,
+        _ => {
+            crate::out::set_errno(libc::EINVAL);
+            return -1;
+        }
+    };
+    let out: &mut [u8] = if len == 0 {
+        &mut []
+    } else if buf.is_null() {
+        crate::out::set_errno(libc::EINVAL);
+        return -1;
+    } else {
+        // SAFETY: buf is non-null and points to len writable bytes (caller), which nothing
+        // else touches during the call.
+        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+    };
+    let mut sink = crate::report::BufSink { buf: out, total: 0 };
+    if format == FORMAT_TEXT {
+        crate::report::print_to(&mut sink);
+    } else {
+        match crate::report::render(format) {
+            Some(text) => crate::report::Sink::put(&mut sink, text.as_bytes()),
+            None => {
+                crate::out::set_errno(libc::ENOMEM);
+                return -1;
+            }
+        }
+    }
+    sink.finish();
+    match libc::ssize_t::try_from(sink.total) {
+        Ok(n) => n,
+        Err(_) => {
+            crate::out::set_errno(libc::EOVERFLOW);
+            -1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -689,6 +689,7 @@ static void test_options(void) {
         {"SCOPEALLOC_LIMIT=99999999999T", "SCOPEALLOC_LIMIT"}, {"SCOPEALLOC_LIMIT=", "SCOPEALLOC_LIMIT"},
         {"SCOPEALLOC_STATS=yes", "SCOPEALLOC_STATS"},    {"SCOPEALLOC_CHECK=2", "SCOPEALLOC_CHECK"},
         {"SCOPEALLOC_DECAY_MS=1s", "SCOPEALLOC_DECAY_MS"}, {"SCOPEALLOC_STATS_FILE=", "SCOPEALLOC_STATS_FILE"},
+        {"SCOPEALLOC_STATS_SIGNAL=TERM", "SCOPEALLOC_STATS_SIGNAL"}, {"SCOPEALLOC_STATS=JSON", "SCOPEALLOC_STATS"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *const env[] = {bad[i].env, NULL};
