@@ -75,7 +75,7 @@ fn route(svc: &Service, path: &str) -> (&'static str, String) {
         buf.try_reserve_exact(kib << 10).map_err(|_| ())?;
         buf.resize(kib << 10, (n % 251) as u8);
         let sum: u64 = buf.iter().map(|&b| b as u64).sum();
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             // One object of the request outlives it, in the session cache.
             let mut s = svc.sessions.lock().unwrap();
             s.push(vec![1u8; 256].into_boxed_slice());
@@ -185,7 +185,14 @@ fn main() {
                     x ^= x << 17;
                     let (tenant, kib) = match x % 10 {
                         0..=3 => ("acme", 256 + x % 1024),
-                        4..=6 => ("globex", if x % 5 == 0 { 3000 } else { 64 + x % 256 }),
+                        4..=6 => (
+                            "globex",
+                            if x.is_multiple_of(5) {
+                                3000
+                            } else {
+                                64 + x % 256
+                            },
+                        ),
                         _ => ("initech", 16 + x % 128),
                     };
                     let (code, _) = get(&addr, &format!("/work/{tenant}/{kib}"));
