@@ -110,7 +110,13 @@ pub struct HeapStats {
     pub metadata: usize,
 }
 
-/// Current [`HeapStats`] (see there for an example).
+/// Current [`HeapStats`].
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// let st = scopealloc::heap_stats();
+/// assert!(st.committed <= st.mapped);
+/// ```
 pub fn heap_stats() -> HeapStats {
     let (in_use, cached) = crate::backend::figures();
     let mapped = os::MAPPED.load(Ordering::Relaxed);
@@ -163,8 +169,13 @@ pub struct GlobalStats {
     pub thread_heaps: usize,
 }
 
-/// Current [`GlobalStats`] (see there for an example). First drops the calling thread's tables of closed scopes (other
+/// Current [`GlobalStats`] First drops the calling thread's tables of closed scopes (other
 /// threads retire theirs on their next allocator slow path, scope entry or exit).
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// assert!(scopealloc::global_stats().live_scopes >= 1, "the root is always open");
+/// ```
 pub fn global_stats() -> GlobalStats {
     maintenance::drop_closed_tables();
     let (live_scopes, closed_scopes_pending, live_caches, dying_caches) = scope::counts();
