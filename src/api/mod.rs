@@ -16,6 +16,8 @@ pub use global_alloc::{usable_size, ScopeAlloc};
 pub use handle::{Scope, ScopeGuard};
 pub use instrument::Instrumented;
 pub use leaks::{ClassLeaks, CloseLeaks};
+#[cfg(feature = "prometheus-client")]
+pub use report::ScopeCollector;
 pub use report::{ClassKind, ClassReport, Metrics, Report, ScopeReport, Text};
 
 use crate::backend::decay;

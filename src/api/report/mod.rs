@@ -17,6 +17,8 @@ mod prometheus;
 mod svg;
 mod text;
 
+#[cfg(feature = "prometheus-client")]
+pub use prometheus::collector::ScopeCollector;
 pub use prometheus::Metrics;
 pub use text::Text;
 

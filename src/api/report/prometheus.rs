@@ -1,6 +1,9 @@
 //! The Prometheus text exposition of a report, with a cap on label cardinality.
 
 use super::{join, Report, ScopeReport};
+
+#[cfg(feature = "prometheus-client")]
+pub mod collector;
 use crate::api::{HeapStats, ScopeEvents};
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
