@@ -311,15 +311,7 @@ fn check(m: &Model, when: &str) -> Result<(), String> {
 
 #[test]
 fn random_operations_across_threads_match_the_reference_model() {
-    let seed = std::env::var("MODEL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::seed_from_env("MODEL_SEED");
     let threads = env("MODEL_THREADS", 2) as usize;
     let rounds = env("MODEL_ROUNDS", 40) as usize;
     let ops = env("MODEL_OPS", 400) as usize;

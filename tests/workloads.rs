@@ -855,15 +855,7 @@ unsafe fn check_pattern(p: *const u8, len: usize, tag: u64) -> bool {
 #[test]
 fn fork_while_threads_allocate_in_and_close_scopes_leaves_the_child_exact_scopes() {
     let _s = shared();
-    let seed = std::env::var("FORK_SCOPES_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::seed_from_env("FORK_SCOPES_SEED");
     let threads: usize = std::env::var("FORK_SCOPES_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

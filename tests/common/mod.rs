@@ -60,3 +60,17 @@ pub fn pattern_table() -> &'static [u8] {
         (0..PERIOD + CHUNK).map(|j| period[j % PERIOD]).collect()
     })
 }
+
+/// The seed of a randomized test: the environment variable `var` if it is set (to reproduce a
+/// printed seed), otherwise the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
