@@ -1,6 +1,8 @@
 //! Async tasks in scopes: `Scope::instrument` under tokio's multi-thread runtime (work stealing,
 //! timers, spawns from inside a task) and with no executor at all (a destructor's allocations).
 
+#![cfg(not(loom))]
+
 use scopealloc::{usable_size, Scope, ScopeAlloc};
 use std::cell::Cell;
 use std::future::Future;
