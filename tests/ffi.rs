@@ -181,6 +181,25 @@ fn c_example_refuses_the_request_over_its_limit_and_prints_stats() {
 }
 
 #[test]
+fn a_dlopen_after_start_up_works_with_the_initial_exec_tls_words() {
+    // Not linked against the library: the program opens it itself, threads already running.
+    std::fs::create_dir_all(scratch()).unwrap();
+    let exe = scratch().join("dlopen");
+    let out = Command::new("cc")
+        .args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
+        .arg(root().join("ffi/include"))
+        .arg(root().join("tests/c/dlopen.c"))
+        .args(["-ldl", "-o"])
+        .arg(&exe)
+        .output()
+        .expect("run cc");
+    check(&out, "cc tests/c/dlopen.c");
+    let so = lib_dir().join("libscopealloc.so");
+    let out = Command::new(&exe).arg(&so).output().unwrap();
+    assert_all_passed(&out, "tests/c/dlopen.c");
+}
+
+#[test]
 fn real_programs_under_ld_preload_match_plain_runs() {
     let so = lib_dir().join("libscopealloc.so");
     let out = Command::new("bash")

@@ -50,13 +50,19 @@ fn check_ours(function: &[u8], p: *const u8) {
         raw::owns(p)
     };
     if !ours {
-        fatal_pointer(
-            function,
-            b"invalid pointer",
-            p,
-            b": not a block of scopealloc (foreign, inside a block, or a freed large block)",
-        );
+        not_ours(function, p);
     }
+}
+
+/// Aborts with one line: `p`, given to `function`, is not a block of ours.
+#[cold]
+fn not_ours(function: &[u8], p: *const u8) -> ! {
+    fatal_pointer(
+        function,
+        b"invalid pointer",
+        p,
+        b": not a block of scopealloc (foreign, inside a block, or a freed large block)",
+    )
 }
 
 /// Check mode, before `p` (ours) is freed or moved: aborts on a double free.
@@ -116,15 +122,30 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    check_ours(b"free", p);
     if CHECK.load(Ordering::Relaxed) {
-        check_not_free(b"free", p);
-        // SAFETY: p is a live object of ours (the caller's contract, checked above as far as
-        // the allocator can), so its usable size is writable until it is freed below.
-        unsafe { core::ptr::write_bytes(p, POISON, raw::usable_size(p).min(CHECK_FILL_MAX)) };
+        // SAFETY: the caller's contract is free's.
+        return unsafe { free_checked(p) };
     }
-    // SAFETY: p is a live object of ours.
-    unsafe { raw::free(p) }
+    // SAFETY: p is non-null; if it is in a block of ours, that block is live (the contract).
+    if !unsafe { raw::free_untrusted(p) } {
+        not_ours(b"free", p);
+    }
+}
+
+/// `free` in check mode: the exact block start, double frees, poison.
+///
+/// # Safety
+/// As [`free`]; `p` is not null.
+#[cold]
+unsafe fn free_checked(p: *mut u8) {
+    check_ours(b"free", p);
+    check_not_free(b"free", p);
+    // SAFETY: p is a live object of ours (the caller's contract, checked above as far as the
+    // allocator can), so its usable size is writable until it is freed below.
+    unsafe {
+        core::ptr::write_bytes(p, POISON, raw::usable_size(p).min(CHECK_FILL_MAX));
+        raw::free(p)
+    }
 }
 
 /// `calloc`: zeroed; `NULL` and `ENOMEM` if `n * size` overflows or memory runs out.

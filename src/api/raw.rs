@@ -85,6 +85,32 @@ pub unsafe fn free(ptr: *mut u8) {
     }
 }
 
+/// `free` of a pointer that is not trusted, as the C library's `free`: null is a no-op (true);
+/// false, changing nothing, if `ptr` is not in a block of ours (foreign, in our metadata, past a
+/// slab's last block, inside or after a large block). A pointer inside a small block is not
+/// detected ([`is_block_start`] does, at the cost of a division).
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// let on_stack = 0u64;
+/// // SAFETY: the foreign pointer is refused without being freed; p is freed once.
+/// unsafe {
+///     assert!(!raw::free_untrusted(&on_stack as *const u64 as *mut u8), "not ours");
+///     let p = raw::malloc(300_000);
+///     assert!(!raw::free_untrusted(p.add(4096)), "inside a large block");
+///     assert!(raw::free_untrusted(p));
+/// }
+/// ```
+///
+/// # Safety
+/// If `ptr` is in a block of ours, that block is live (not freed yet).
+#[inline]
+pub unsafe fn free_untrusted(ptr: *mut u8) -> bool {
+    // SAFETY: ptr is non-null here; the rest is the caller's contract.
+    ptr.is_null() || unsafe { free::free_untrusted(ptr) }
+}
+
 /// `realloc` (null → malloc). Size 0 is not special here.
 ///
 /// ```

@@ -15,10 +15,12 @@ use super::table::list_remove;
 use super::table::owner_table;
 use super::table::Table;
 use super::thread_heap::tls_heap;
+use crate::backend::registry;
+use crate::backend::segment::segment_of;
 use crate::objects::cache::{self};
 use crate::objects::protocol::{self, NotOwnedFree};
 use crate::objects::slab::{
-    free_slab_span, slab_of, Block, Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL,
+    free_slab_span, in_span, slab_of, Block, Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL,
 };
 use crate::platform::os;
 use crate::sync::Ordering;
@@ -33,35 +35,98 @@ use crate::sync::Ordering;
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     // SAFETY: p is a live object of ours (the contract), so its segment header and slab
-    // descriptor are mapped and describe it; the local branch writes the slab's free list,
-    // `used` and the table's stock only when this thread owns the slab (owner == our heap).
+    // descriptor are mapped and describe it.
     unsafe {
         let s = slab_of(p);
-        // Relaxed: only this thread stores its own heap in `owner` (at adoption or creation),
-        // so an equal value was written by this thread; any other value sends us to the slow
-        // path, which loads it again with Acquire.
-        if (*s).owner.load(Ordering::Relaxed) == tls_heap() as usize {
-            debug_assert!(
-                (*s).used.load(Ordering::Relaxed) > 0,
-                "local free of a free slab"
-            );
-            debug_assert!(
-                (p as usize - (*s).start as usize).is_multiple_of((*s).block_size as usize),
-                "free of a pointer inside a block"
-            );
-            let b = p as *mut Block;
-            (*b).next = (*s).free;
-            (*s).free = b;
-            let used = (*s).used.load(Ordering::Relaxed) - 1;
-            (*s).used.store(used, Ordering::Relaxed);
-            let t = owner_table(s);
-            (*t).stock.avail += (*s).block_size as i64;
-            if used == (*s).release_at || (*t).stock.avail > (*t).stock.high {
-                free_local_tail(t, s);
-            }
+        if owns_slab(s) {
+            free_local(s, p);
             return;
         }
         free_slow(s, p);
+    }
+}
+
+/// Frees `p`, a pointer that is not trusted (the C library's `free`): false, changing nothing,
+/// when `p` is not in a block of ours (foreign, in a segment's header or free pages, past a
+/// slab's last block, a large object's interior or a freed one). The interior of a small block
+/// is not detected here (`slab::in_span` with `exact` is, at the cost of a division).
+///
+/// # Safety
+/// `p` is non-null, and if it is in a block of ours, that block is live.
+#[inline(always)]
+pub unsafe fn free_untrusted(p: *mut u8) -> bool {
+    if !registry::contains(segment_of(p)) {
+        return false;
+    }
+    // SAFETY: the registry says p's segment header is mapped and ours, so its descriptor is
+    // readable; a local free happens only for a pointer within a live slab's blocks.
+    unsafe {
+        let s = slab_of(p);
+        if owns_slab(s) {
+            let off = (p as usize).wrapping_sub((*s).start as usize);
+            if off >= (*s).capacity as usize * (*s).block_size as usize {
+                return false;
+            }
+            free_local(s, p);
+            return true;
+        }
+        free_slow_untrusted(s, p)
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_slow_untrusted(s: *mut Slab, p: *mut u8) -> bool {
+    // SAFETY: s is slab_of(p) in a segment of ours (caller); in_span says p is in a live block.
+    unsafe {
+        if !in_span(s, p, false) {
+            return false;
+        }
+        free_slow(s, p);
+    }
+    true
+}
+
+/// Whether this thread owns slab `s`.
+///
+/// # Safety
+/// `s` is a descriptor of a mapped segment of ours.
+#[inline(always)]
+unsafe fn owns_slab(s: *const Slab) -> bool {
+    // Relaxed: only this thread stores its own heap in `owner` (at adoption or creation), so an
+    // equal value was written by this thread; any other value sends us to the slow path, which
+    // loads it again with Acquire.
+    // SAFETY: s is mapped (the contract).
+    unsafe { (*s).owner.load(Ordering::Relaxed) == tls_heap() as usize }
+}
+
+/// Frees `p` into slab `s`, which this thread owns.
+///
+/// # Safety
+/// `p` is a live object of `s`, and `s` is owned by this thread.
+#[inline(always)]
+unsafe fn free_local(s: *mut Slab, p: *mut u8) {
+    // SAFETY: this thread owns s (the contract), so only it writes the slab's free list, `used`
+    // and the table's stock.
+    unsafe {
+        debug_assert!(
+            (*s).used.load(Ordering::Relaxed) > 0,
+            "local free of a free slab"
+        );
+        debug_assert!(
+            (p as usize - (*s).start as usize).is_multiple_of((*s).block_size as usize),
+            "free of a pointer inside a block"
+        );
+        let b = p as *mut Block;
+        (*b).next = (*s).free;
+        (*s).free = b;
+        let used = (*s).used.load(Ordering::Relaxed) - 1;
+        (*s).used.store(used, Ordering::Relaxed);
+        let t = owner_table(s);
+        (*t).stock.avail += (*s).block_size as i64;
+        if used == (*s).release_at || (*t).stock.avail > (*t).stock.high {
+            free_local_tail(t, s);
+        }
     }
 }
 

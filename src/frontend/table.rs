@@ -53,6 +53,8 @@ pub struct Table {
     pub(super) hnext: *mut Table,
 }
 
+/// A table that is never written (transparent: its address is the table's, for `fast_tls!`).
+#[repr(transparent)]
 pub(super) struct EmptyTable(UnsafeCell<Table>);
 // SAFETY: the empty table is never written: its slabs have no free object, so every path that
 // would write it first takes the slow path, which replaces it.

@@ -31,31 +31,14 @@ pub struct Heap {
 
 pub(super) static HEAPS: Pool<Heap> = Pool::new();
 
-struct ThreadState {
-    table: Cell<*mut Table>,
-    heap: Cell<*mut Heap>,
-    /// While `table` is the refused table: the scope entered (a reference held), else null.
-    refused: Cell<*mut ScopeNode>,
+crate::platform::tls::fast_tls! {
+    tls_table, set_tls_table: Table = sym EMPTY_TABLE;
+    tls_heap, set_tls_heap: Heap = null;
 }
 
 thread_local! {
-    static TLS: ThreadState = const {
-        ThreadState {
-            table: Cell::new(EMPTY_TABLE.get()),
-            heap: Cell::new(null_mut()),
-            refused: Cell::new(null_mut()),
-        }
-    };
-}
-
-#[inline(always)]
-pub(super) fn tls_table() -> *mut Table {
-    TLS.with(|t| t.table.get())
-}
-
-#[inline(always)]
-pub(super) fn tls_heap() -> *mut Heap {
-    TLS.with(|t| t.heap.get())
+    /// While the TLS table is the refused table: the scope entered (a reference held), else null.
+    static REFUSED: Cell<*mut ScopeNode> = const { Cell::new(null_mut()) };
 }
 
 pub(super) fn refused_table() -> *mut Table {
@@ -64,17 +47,13 @@ pub(super) fn refused_table() -> *mut Table {
 
 /// The scope a refused thread entered (a reference moves to the caller), or null.
 pub(super) fn take_refused() -> *mut ScopeNode {
-    TLS.with(|s| s.refused.replace(null_mut()))
+    REFUSED.with(|s| s.replace(null_mut()))
 }
 
 /// Makes the refused table current, for scope `s` (whose reference moves to the thread).
 pub(super) fn set_refused(s: *mut ScopeNode) {
-    TLS.with(|t| t.refused.set(s));
+    REFUSED.with(|t| t.set(s));
     set_tls_table(refused_table());
-}
-
-pub(super) fn set_tls_table(t: *mut Table) {
-    TLS.with(|s| s.table.set(t));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,10 +83,10 @@ pub(super) fn heap_init() -> *mut Heap {
         (*h).buckets = null_mut();
         (*h).nbuckets = 0;
         (*h).drop_at = DROP_AT_LEAST;
-        TLS.with(|s| s.heap.set(h));
+        set_tls_heap(h);
         let root = new_table(h, scope::root());
         if root.is_null() {
-            TLS.with(|s| s.heap.set(null_mut()));
+            set_tls_heap(null_mut());
             HEAPS.free(h);
             return null_mut();
         }
@@ -234,7 +213,7 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
         (*h).ntables = 0;
         free_index(h);
         (*h).root = null_mut();
-        TLS.with(|s| s.heap.set(null_mut()));
+        set_tls_heap(null_mut());
         HEAPS.free(h);
     }
 }
@@ -318,7 +297,7 @@ pub fn current_scope() -> *mut ScopeNode {
     let t = tls_table();
     if t == refused_table() {
         // SAFETY: the refused state holds a reference on its scope.
-        return unsafe { scope::nearest_live(TLS.with(|s| s.refused.get())) };
+        return unsafe { scope::nearest_live(REFUSED.with(|s| s.get())) };
     }
     // SAFETY: the TLS table is empty or live.
     unsafe {

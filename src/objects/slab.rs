@@ -273,8 +273,18 @@ fn owns_where(p: *const u8, exact: bool) -> bool {
         return false;
     }
     // SAFETY: the registry says p's segment header is mapped and ours.
+    unsafe { in_span(slab_of(p), p, exact) }
+}
+
+/// Whether `p` lies in a block described by `s` (`slab_of(p)`): inside a small slab's blocks
+/// (exactly at the start of one if `exact`), or at the start of a live large or huge object.
+///
+/// # Safety
+/// `s` is `slab_of(p)` of a `p` in a segment of ours.
+#[inline]
+pub unsafe fn in_span(s: *const Slab, p: *const u8, exact: bool) -> bool {
+    // SAFETY: s is a descriptor of a mapped segment of ours (the contract).
     unsafe {
-        let s = slab_of(p);
         match (*s).kind {
             KIND_SMALL => {
                 let off = (p as usize).wrapping_sub((*s).start as usize);
