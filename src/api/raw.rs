@@ -2,7 +2,7 @@
 
 use super::global_alloc::{alloc_aligned, realloc_aligned, usable_of, zero_new};
 use crate::frontend::{alloc, free, large};
-use crate::objects::size_class::{class_of, MAX_SMALL};
+use crate::objects::size_class::{c_class_of, class_of, C_LOOKUP_MAX, MAX_SMALL};
 use crate::objects::slab::{self};
 use core::ptr::null_mut;
 
@@ -29,7 +29,10 @@ fn c_size(size: usize) -> usize {
 /// Always safe to call; unsafe for symmetry with `free`.
 #[inline]
 pub unsafe fn malloc(size: usize) -> *mut u8 {
-    if size <= MAX_SMALL {
+    if size <= C_LOOKUP_MAX {
+        // SAFETY: c_class_of returns a class < NCLASSES for sizes up to C_LOOKUP_MAX.
+        unsafe { alloc::alloc_small(c_class_of(size)) }
+    } else if size <= MAX_SMALL {
         // SAFETY: c_size(size) <= MAX_SMALL here (sizes are rounded up to 16 and MAX_SMALL is a
         // multiple of 16), so class_of returns a class < NCLASSES.
         unsafe { alloc::alloc_small(class_of(c_size(size))) }

@@ -60,6 +60,34 @@ pub fn class_of(size: usize) -> usize {
     }
 }
 
+/// The class of a C request of `size ≤ C_LOOKUP_MAX` bytes: rounded up to a multiple of 16 (at
+/// least 16, glibc's alignment), in one table load by `(size + 15) / 16`.
+///
+/// ```
+/// use scopealloc::size_class::{c_class_of, class_of, C_LOOKUP_MAX};
+/// assert!((0..=C_LOOKUP_MAX).all(|n| c_class_of(n) == class_of(((n.max(1) + 15) & !15))));
+/// ```
+#[inline(always)]
+pub fn c_class_of(size: usize) -> usize {
+    debug_assert!(size <= C_LOOKUP_MAX);
+    C_LOOKUP[(size + 15) >> 4] as usize
+}
+
+/// Largest size [`c_class_of`] takes.
+pub const C_LOOKUP_MAX: usize = 1024;
+static C_LOOKUP: [u8; C_LOOKUP_MAX / 16 + 1] = build_c_lookup();
+
+const fn build_c_lookup() -> [u8; C_LOOKUP_MAX / 16 + 1] {
+    let mut t = [0u8; C_LOOKUP_MAX / 16 + 1];
+    let mut i = 0;
+    while i <= C_LOOKUP_MAX / 16 {
+        let size = if i == 0 { 16 } else { i * 16 };
+        t[i] = class_of_slow(size) as u8;
+        i += 1;
+    }
+    t
+}
+
 /// Object size of class `c`.
 ///
 /// ```
