@@ -15,13 +15,14 @@ pub const LARGE_CLASS: usize = NCLASSES;
 
 const LOOKUP_MAX: usize = 1024;
 /// Class of every size ≤ 1 KiB, by `(size + 7) / 8`, so the common case is one table load.
-static LOOKUP: [u8; LOOKUP_MAX / 8 + 1] = build_lookup();
+static LOOKUP: [u8; LOOKUP_MAX / 8 + 1] = build_lookup(8, 1);
 
-const fn build_lookup() -> [u8; LOOKUP_MAX / 8 + 1] {
-    let mut t = [0u8; LOOKUP_MAX / 8 + 1];
+/// A table of the class of every size `i · step` (`smallest` for `i = 0`), for `i < N`.
+const fn build_lookup<const N: usize>(step: usize, smallest: usize) -> [u8; N] {
+    let mut t = [0u8; N];
     let mut i = 0;
-    while i <= LOOKUP_MAX / 8 {
-        let size = if i == 0 { 1 } else { i * 8 };
+    while i < N {
+        let size = if i == 0 { smallest } else { i * step };
         t[i] = class_of_slow(size) as u8;
         i += 1;
     }
@@ -75,18 +76,7 @@ pub fn c_class_of(size: usize) -> usize {
 
 /// Largest size [`c_class_of`] takes.
 pub const C_LOOKUP_MAX: usize = 1024;
-static C_LOOKUP: [u8; C_LOOKUP_MAX / 16 + 1] = build_c_lookup();
-
-const fn build_c_lookup() -> [u8; C_LOOKUP_MAX / 16 + 1] {
-    let mut t = [0u8; C_LOOKUP_MAX / 16 + 1];
-    let mut i = 0;
-    while i <= C_LOOKUP_MAX / 16 {
-        let size = if i == 0 { 16 } else { i * 16 };
-        t[i] = class_of_slow(size) as u8;
-        i += 1;
-    }
-    t
-}
+static C_LOOKUP: [u8; C_LOOKUP_MAX / 16 + 1] = build_lookup(16, 16);
 
 /// Object size of class `c`.
 ///
