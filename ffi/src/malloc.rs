@@ -12,7 +12,7 @@
 //! on stderr and aborts; with `SCOPEALLOC_CHECK=1` a double free does too, new objects are
 //! filled with junk and freed ones poisoned.
 
-use crate::options::CHECK;
+use crate::options::{CHECK, MALLOC_FAST_MAX};
 use crate::out::{errno, fatal_pointer, set_errno};
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
@@ -105,6 +105,21 @@ fn finish(p: *mut u8) -> *mut c_void {
 /// Always safe to call; `unsafe` because it is the C ABI.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    // One comparison: the threshold is raw::MALLOC_SMALL_MAX, or 0 in check mode (which junks).
+    if size <= MALLOC_FAST_MAX.load(Ordering::Relaxed) {
+        // SAFETY: size <= MALLOC_FAST_MAX <= raw::MALLOC_SMALL_MAX.
+        let p = unsafe { raw::malloc_small(size) };
+        if p.is_null() {
+            return out_of_memory();
+        }
+        return p.cast();
+    }
+    malloc_general(size)
+}
+
+/// `malloc` past the fast path: large requests, and every request in check mode.
+#[inline(never)]
+fn malloc_general(size: usize) -> *mut c_void {
     if size > MAX_REQUEST {
         return out_of_memory();
     }
@@ -119,15 +134,13 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     let p = p.cast::<u8>();
-    if p.is_null() {
-        return;
-    }
     if CHECK.load(Ordering::Relaxed) {
         // SAFETY: the caller's contract is free's.
         return unsafe { free_checked(p) };
     }
-    // SAFETY: p is non-null; if it is in a block of ours, that block is live (the contract).
-    if !unsafe { raw::free_untrusted(p) } {
+    // SAFETY: if p is in a block of ours, that block is live (the contract). Null is refused
+    // like a foreign pointer, and told apart only then.
+    if !unsafe { raw::free_untrusted(p) } && !p.is_null() {
         not_ours(b"free", p);
     }
 }
@@ -135,9 +148,12 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 /// `free` in check mode: the exact block start, double frees, poison.
 ///
 /// # Safety
-/// As [`free`]; `p` is not null.
+/// As [`free`].
 #[cold]
 unsafe fn free_checked(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
     check_ours(b"free", p);
     check_not_free(b"free", p);
     // SAFETY: p is a live object of ours (the caller's contract, checked above as far as the

@@ -12,11 +12,25 @@
 use crate::out::{StackBuf, PREFIX};
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, CStr};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use scopealloc::Scope;
 
 /// `SCOPEALLOC_CHECK=1`: extra checks in `free`/`realloc` (double free) and junk/poison fills.
 pub static CHECK: AtomicBool = AtomicBool::new(false);
+/// Largest request `malloc` serves by its fast path (`raw::malloc_small`): 0 in check mode, so
+/// that one comparison stands for both the size test and the mode test.
+pub static MALLOC_FAST_MAX: AtomicUsize = AtomicUsize::new(scopealloc::raw::MALLOC_SMALL_MAX);
+
+/// Turns check mode on or off (`SCOPEALLOC_CHECK`), with the fast path's threshold.
+fn set_check(on: bool) {
+    CHECK.store(on, Ordering::Relaxed);
+    let fast_max = if on {
+        0
+    } else {
+        scopealloc::raw::MALLOC_SMALL_MAX
+    };
+    MALLOC_FAST_MAX.store(fast_max, Ordering::Relaxed);
+}
 
 /// `SCOPEALLOC_STATS=1|text|json|prometheus`: print the report at exit.
 pub static STATS: AtomicBool = AtomicBool::new(false);
@@ -123,7 +137,7 @@ extern "C" fn read_options(_argc: c_int, _argv: *const *const c_char, _env: *con
     }
     if let Some(v) = env(c"SCOPEALLOC_CHECK") {
         match parse_flag(v) {
-            Some(on) => CHECK.store(on, Ordering::Relaxed),
+            Some(on) => set_check(on),
             None => warn(b"SCOPEALLOC_CHECK", v, b"expected 0 or 1", b"0"),
         }
     }

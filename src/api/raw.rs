@@ -2,7 +2,9 @@
 
 use super::global_alloc::{alloc_aligned, realloc_aligned, usable_of, zero_new};
 use crate::frontend::{alloc, free, large};
-use crate::objects::size_class::{c_class_of, class_of, C_LOOKUP_MAX, MAX_SMALL};
+use crate::objects::size_class::{
+    c_class_of, c_class_of_unchecked, class_of, C_LOOKUP_MAX, MAX_SMALL,
+};
 use crate::objects::slab::{self};
 use core::ptr::null_mut;
 
@@ -39,6 +41,34 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
     } else {
         large::alloc_large(size, 16)
     }
+}
+
+/// Largest request [`malloc_small`] takes.
+pub const MALLOC_SMALL_MAX: usize = C_LOOKUP_MAX;
+
+/// [`malloc`] of a small request: the C library's fast path, which compares the size with a
+/// threshold it loads (`MALLOC_SMALL_MAX`, or 0 in its check mode) and so skips the size tests of
+/// [`malloc`].
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// // SAFETY: the sizes are at most MALLOC_SMALL_MAX; each block is freed once.
+/// unsafe {
+///     for n in [0, 1, 16, 17, raw::MALLOC_SMALL_MAX] {
+///         let p = raw::malloc_small(n);
+///         assert!(!p.is_null() && p as usize % 16 == 0 && raw::usable_size(p) >= n.max(1));
+///         raw::free(p);
+///     }
+/// }
+/// ```
+///
+/// # Safety
+/// `size <= MALLOC_SMALL_MAX`.
+#[inline(always)]
+pub unsafe fn malloc_small(size: usize) -> *mut u8 {
+    // SAFETY: size <= C_LOOKUP_MAX (the contract), and the class found is < NCLASSES.
+    unsafe { alloc::alloc_small(c_class_of_unchecked(size)) }
 }
 
 /// `calloc`: zeroed; null on overflow.
@@ -110,8 +140,10 @@ pub unsafe fn free(ptr: *mut u8) {
 /// If `ptr` is in a block of ours, that block is live (not freed yet).
 #[inline]
 pub unsafe fn free_untrusted(ptr: *mut u8) -> bool {
-    // SAFETY: ptr is non-null here; the rest is the caller's contract.
-    ptr.is_null() || unsafe { free::free_untrusted(ptr) }
+    // SAFETY: the caller's contract is free_untrusted's, which refuses null (no segment of ours
+    // holds it); null is looked at only then, off the path of a pointer of ours.
+    let freed = unsafe { free::free_untrusted(ptr) };
+    freed || ptr.is_null()
 }
 
 /// `realloc` (null → malloc). Size 0 is not special here.

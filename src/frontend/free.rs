@@ -52,7 +52,8 @@ pub unsafe fn free(p: *mut u8) {
 /// is not detected here (`slab::in_span` with `exact` is, at the cost of a division).
 ///
 /// # Safety
-/// `p` is non-null, and if it is in a block of ours, that block is live.
+/// If `p` is in a block of ours, that block is live. Null is refused like any foreign pointer
+/// (its segment is not in the registry), so callers test for it only when this says false.
 #[inline(always)]
 pub unsafe fn free_untrusted(p: *mut u8) -> bool {
     if !registry::contains(segment_of(p)) {
@@ -64,7 +65,7 @@ pub unsafe fn free_untrusted(p: *mut u8) -> bool {
         let s = slab_of(p);
         if owns_slab(s) {
             let off = (p as usize).wrapping_sub((*s).start as usize);
-            if off >= (*s).capacity as usize * (*s).block_size as usize {
+            if off >= (*s).blocks_bytes as usize {
                 return false;
             }
             free_local(s, p);

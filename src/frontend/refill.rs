@@ -232,6 +232,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
         (*s).thread_free.store(0, Ordering::Relaxed);
         (*s).carved = 0;
         (*s).capacity = (npages * PAGE_SIZE / size as usize) as u32;
+        (*s).blocks_bytes = (*s).capacity * size;
         (*s).class = class as u16;
         (*s).kind = KIND_SMALL;
         (*s).start = (span.seg as *mut u8).add(span.idx * PAGE_SIZE);

@@ -74,6 +74,19 @@ pub fn c_class_of(size: usize) -> usize {
     C_LOOKUP[(size + 15) >> 4] as usize
 }
 
+/// [`c_class_of`] without the bounds check, for a caller whose bound the compiler cannot see
+/// (the C library compares with a threshold it loads).
+///
+/// # Safety
+/// `size <= C_LOOKUP_MAX`.
+#[inline(always)]
+pub unsafe fn c_class_of_unchecked(size: usize) -> usize {
+    debug_assert!(size <= C_LOOKUP_MAX);
+    // SAFETY: size <= C_LOOKUP_MAX (the contract), so (size + 15) / 16 <= C_LOOKUP_MAX / 16 is
+    // in bounds of C_LOOKUP.
+    unsafe { *C_LOOKUP.get_unchecked((size + 15) >> 4) as usize }
+}
+
 /// Largest size [`c_class_of`] takes.
 pub const C_LOOKUP_MAX: usize = 1024;
 static C_LOOKUP: [u8; C_LOOKUP_MAX / 16 + 1] = build_lookup(16, 16);

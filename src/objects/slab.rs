@@ -62,7 +62,10 @@ pub struct Slab {
     pub kind: u8,
     /// Large objects: the span came from pages that read as zero.
     pub zeroed: bool,
-    _pad1: [u8; 20],
+    /// Small slabs: `capacity * block_size`, the bytes of its blocks from `start` (the C `free`'s
+    /// range check, without a multiplication).
+    pub blocks_bytes: u32,
+    _pad1: [u8; 16],
     // Line 2: the owner thread.
     pub free: *mut Block,
     pub used: AtomicU32,
@@ -105,7 +108,8 @@ impl Slab {
             class: 0,
             kind: KIND_FREE,
             zeroed: false,
-            _pad1: [0; 20],
+            blocks_bytes: 0,
+            _pad1: [0; 16],
             free: null_mut(),
             used: AtomicU32::new(0),
             release_at: 0,
