@@ -23,7 +23,7 @@
 //! `VmHWM`) and address space (`VmSize`) from /proc/self/status before and after the work, the
 //! per-scope differences, live bytes (the allocator's `Scope::root().stats().bytes`, and what the
 //! program itself holds), the allocator's pending closed scopes and dying caches
-//! (`global_stats()`, read after the RSS), and the elapsed time of the work.
+//! (`global_stats()`, read after the RSS), and the elapsed and CPU time of the work.
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::VecDeque;
@@ -151,6 +151,18 @@ fn vm() -> Vm {
     }
 }
 
+/// User plus system CPU time of this process so far, in nanoseconds: on a machine shared with
+/// other work, less disturbed than the elapsed time.
+fn cpu_ns() -> u128 {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid rusage to write to; RUSAGE_SELF is a valid target.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(rc, 0, "getrusage failed");
+    let ns = |t: libc::timeval| t.tv_sec as u128 * 1_000_000_000 + t.tv_usec as u128 * 1000;
+    ns(u.ru_utime) + ns(u.ru_stime)
+}
+
 /// splitmix64, for the cached objects' sizes.
 struct Rng(u64);
 
@@ -211,6 +223,8 @@ struct Work {
     /// Bytes (usable sizes) of the objects the program holds at the end.
     held: u64,
     elapsed_ns: u128,
+    /// CPU time (user + system) of the work.
+    cpu_ns: u128,
     /// Kept alive until the figures are read.
     _scopes: Vec<Scope>,
     _objects: Vec<Obj>,
@@ -223,7 +237,7 @@ fn open_scopes(n: usize, sizes: &[usize], scoped: bool) -> Work {
     let parent = Scope::root().child("holders");
     let mut scopes = Vec::with_capacity(n);
     let mut objects = Vec::with_capacity(n * sizes.len());
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_ns());
     for _ in 0..n {
         let s = parent.child("s");
         {
@@ -233,11 +247,13 @@ fn open_scopes(n: usize, sizes: &[usize], scoped: bool) -> Work {
         scopes.push(s);
     }
     let elapsed_ns = start.elapsed().as_nanos();
+    let cpu = cpu_ns() - cpu_start;
     scopes.push(parent);
     Work {
         units: n,
         held: objects.iter().map(Obj::usable).sum(),
         elapsed_ns,
+        cpu_ns: cpu,
         _scopes: scopes,
         _objects: objects,
         _cache: VecDeque::new(),
@@ -268,7 +284,7 @@ fn request_cache(o: &Options) -> Work {
     let mut cache: VecDeque<Obj> = VecDeque::with_capacity(o.cache);
     let mut temps: Vec<Obj> = Vec::with_capacity(o.allocs);
     let mut rng = Rng(o.seed);
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_ns());
     for r in 0..o.requests {
         let kept_size = KEPT_MIN + (rng.next() % (KEPT_SPAN as u64 + 1)) as usize;
         let kept = if o.scoped {
@@ -288,10 +304,12 @@ fn request_cache(o: &Options) -> Work {
         cache.push_back(kept);
     }
     let elapsed_ns = start.elapsed().as_nanos();
+    let cpu = cpu_ns() - cpu_start;
     Work {
         units: o.requests,
         held: cache.iter().map(Obj::usable).sum(),
         elapsed_ns,
+        cpu_ns: cpu,
         _scopes: tenants,
         _objects: Vec::new(),
         _cache: cache,
@@ -365,12 +383,16 @@ fn main() {
         mib(heap.committed as u64),
         mib(heap.metadata as u64)
     );
-    println!("  elapsed {:.3} s", work.elapsed_ns as f64 / 1e9);
+    println!(
+        "  elapsed {:.3} s (CPU {:.3} s)",
+        work.elapsed_ns as f64 / 1e9,
+        work.cpu_ns as f64 / 1e9
+    );
     println!(
         "RESULT mode={} variant={variant} units={} rss_before={} rss_after={} hwm={} \
          vmsize_before={} vmsize_after={} rss_per_unit={:.0} vmsize_per_unit={:.0} \
          live_bytes={live} held_bytes={} closed_pending={} dying_caches={} live_scopes={} \
-         live_caches={} mapped={} committed={} metadata={} elapsed_ns={}",
+         live_caches={} mapped={} committed={} metadata={} elapsed_ns={} cpu_ns={}",
         o.mode.name(),
         work.units,
         before.rss,
@@ -388,6 +410,7 @@ fn main() {
         heap.mapped,
         heap.committed,
         heap.metadata,
-        work.elapsed_ns
+        work.elapsed_ns,
+        work.cpu_ns
     );
 }
