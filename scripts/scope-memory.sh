@@ -10,7 +10,9 @@
 #   SCOPE_MEMORY_CACHE_ARGS="--requests 300000 --tenants 10 --cache 100000 --allocs 20"
 #
 # The raw RESULT lines go to $SCOPE_MEMORY_LOG (default: a temporary file, named at the end).
-# Needs python3. Time: about 3 x (0.5 + 3) s per run of the six at the defaults, plus the build.
+# The goals are meant for the default sizes. Needs python3. Time at the defaults: 7-12 s per
+# round of six runs, most of it the scoped cache run (37 s for 3 rounds, 44 s for 5, on the
+# shared machine), plus the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${SCOPE_MEMORY_RUNS:-3}
