@@ -1,6 +1,7 @@
-//! Scope costs: enter + leave, open + close of an empty scope, and a 64 B malloc + free pair made
+//! Scope costs: enter + leave, open + close of an empty scope, a 64 B malloc + free pair made
 //! inside scopes of depth 1, 4 and 16 (with and without a limit on every level), against the same
-//! pair in the root scope and against jemalloc. The allocators are called through their
+//! pair in the root scope and against jemalloc, statistics and close of large trees, and a
+//! request in its own scope (open, 20 allocations, close) against the same work unscoped. The allocators are called through their
 //! `GlobalAlloc` impls; the benchmark binary keeps the system allocator as its global allocator,
 //! so criterion's own allocations are not charged to any scope.
 //!
@@ -161,5 +162,103 @@ fn large_trees(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, enter_leave, pair_in_scope, large_trees);
+/// The allocations of one request: 20 mixed sizes up to 4 KiB (those of
+/// `examples/scope_memory.rs`'s cache mode, plus 1 KiB for the object a cache would keep).
+const REQUEST_SIZES: [usize; 20] = [
+    16, 24, 32, 48, 64, 100, 128, 200, 256, 300, 512, 700, 1000, 1500, 2000, 3000, 4000, 64, 128,
+    1024,
+];
+/// The object of `request_keep_one`'s requests that outlives them is the last of the 20; a ring
+/// of this many such objects frees the oldest, so that many closed request scopes still hold an
+/// object at any time.
+const KEPT_RING: usize = 1000;
+
+/// The 20 allocations of a request through scopealloc, all freed unless `keep`, in which case the
+/// last one is returned live.
+fn request_allocs(keep: bool) -> Option<(*mut u8, Layout)> {
+    let mut ptrs = [std::ptr::null_mut::<u8>(); REQUEST_SIZES.len()];
+    for (p, &size) in ptrs.iter_mut().zip(&REQUEST_SIZES) {
+        let l = Layout::from_size_align(size, 8).expect("valid layout");
+        // SAFETY: non-zero size; freed below or by the caller, once, with the same layout.
+        *p = unsafe { SCOPEALLOC.alloc(black_box(l)) };
+        assert!(!p.is_null(), "scopealloc refused {size} bytes");
+    }
+    let kept = REQUEST_SIZES.len() - usize::from(keep);
+    for (&p, &size) in ptrs[..kept].iter().zip(&REQUEST_SIZES) {
+        let l = Layout::from_size_align(size, 8).expect("valid layout");
+        // SAFETY: p was allocated above with this layout and is freed once.
+        unsafe { SCOPEALLOC.dealloc(black_box(p), l) };
+    }
+    keep.then(|| {
+        let size = REQUEST_SIZES[kept];
+        (
+            ptrs[kept],
+            Layout::from_size_align(size, 8).expect("valid layout"),
+        )
+    })
+}
+
+/// A request in its own scope (issue 10): open a child of a tenant, enter it, 20 allocations of
+/// mixed sizes, free them, close, against the same allocations with no scope. The `keep_one`
+/// pair keeps the last object of each request alive in a ring of `KEPT_RING` (freed when it is
+/// the oldest), as a cache of responses would: the closed scope then still has a live object.
+fn request_scope(c: &mut Criterion) {
+    let tenant = Scope::root().child("bench-tenant");
+    let mut g = c.benchmark_group("request");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("scoped", |b| {
+        b.iter(|| {
+            let req = tenant.child(black_box("request"));
+            {
+                let _inside = req.enter();
+                request_allocs(false);
+            }
+            req.close();
+            drop(req);
+        })
+    });
+    g.bench_function("unscoped", |b| b.iter(|| request_allocs(false)));
+    for scoped in [true, false] {
+        let mut ring: std::collections::VecDeque<(*mut u8, Layout)> =
+            std::collections::VecDeque::with_capacity(KEPT_RING);
+        let label = if scoped { "scoped" } else { "unscoped" };
+        g.bench_function(BenchmarkId::new("keep_one", label), |b| {
+            b.iter(|| {
+                let kept = if scoped {
+                    let req = tenant.child(black_box("request"));
+                    let kept = {
+                        let _inside = req.enter();
+                        request_allocs(true)
+                    };
+                    req.close();
+                    kept
+                } else {
+                    request_allocs(true)
+                };
+                if ring.len() == KEPT_RING {
+                    let (p, l) = ring.pop_front().expect("ring is full");
+                    // SAFETY: a live object of the ring, allocated with l, freed once.
+                    unsafe { SCOPEALLOC.dealloc(p, l) };
+                }
+                ring.push_back(kept.expect("keep_one keeps an object"));
+            })
+        });
+        for (p, l) in ring.drain(..) {
+            // SAFETY: the ring's objects are live, each freed once.
+            unsafe { SCOPEALLOC.dealloc(p, l) };
+        }
+    }
+    g.finish();
+    let st = tenant.stats();
+    assert_eq!(st.objects, 0, "the request loops left objects: {st:?}");
+    tenant.close();
+}
+
+criterion_group!(
+    benches,
+    enter_leave,
+    pair_in_scope,
+    large_trees,
+    request_scope
+);
 criterion_main!(benches);
