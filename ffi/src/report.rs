@@ -239,6 +239,37 @@ pub fn print_to(fd: &mut dyn Sink) {
         .byte(b'\n');
     fd.put(line.as_bytes());
 
+    let sp = scopealloc::slow_paths();
+    let mut line = Line::new();
+    line.bytes(PREFIX).bytes(b"slow paths:");
+    for (i, (name, v)) in [
+        (&b"malloc"[..], sp.malloc_slow),
+        (b"stock refills", sp.stock_refills),
+        (b"remote taken", sp.remote_taken),
+        (b"carves", sp.carves),
+        (b"slabs scanned", sp.slabs_scanned),
+        (b"adopted", sp.adopted),
+        (b"fresh slabs", sp.fresh_slabs),
+        (b"free tails", sp.free_tails),
+        (b"stock drains", sp.stock_drains),
+        (b"slabs released", sp.slabs_released),
+        (b"remote frees", sp.remote_frees),
+        (b"abandoned frees", sp.abandoned_frees),
+        (b"large allocs", sp.large_allocs),
+        (b"large frees", sp.large_frees),
+        (b"maintenance", sp.maintenance),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        line.bytes(if i == 0 { b" " } else { b", " })
+            .bytes(name)
+            .byte(b' ')
+            .u64(v);
+    }
+    line.byte(b'\n');
+    fd.put(line.as_bytes());
+
     print_tree(fd, &Scope::root(), 0);
 }
 

@@ -11,6 +11,7 @@ mod report;
 #[doc(hidden)]
 pub mod testing;
 
+pub use crate::frontend::slow_paths::{slow_paths, SlowPaths};
 pub use crate::objects::stats::{ScopeEvents, ScopeStats};
 pub use global_alloc::{usable_size, ScopeAlloc};
 pub use handle::{Scope, ScopeGuard};

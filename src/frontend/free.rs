@@ -11,6 +11,7 @@
 
 use super::abandon::sweep_abandoned_locked;
 use super::large::free_large;
+use super::slow_paths::{count, Slow};
 use super::table::list_remove;
 use super::table::owner_table;
 use super::table::Table;
@@ -136,7 +137,9 @@ unsafe fn free_local(s: *mut Slab, p: *mut u8) {
 pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
     // SAFETY: t and s are this thread's.
     unsafe {
+        count(Slow::FreeTail);
         if (*t).stock.avail > (*t).stock.high {
+            count(Slow::StockDrain);
             (*t).stock.drain_to_mark(&(*(*t).scope).counter);
         }
         if (*s).used.load(Ordering::Relaxed) == 0 && (*t).current[(*s).class as usize] != s {
@@ -149,6 +152,7 @@ pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
 pub(super) unsafe fn release_slab(t: *mut Table, s: *mut Slab) {
     // SAFETY: s is owned by this thread, empty, and not current.
     unsafe {
+        count(Slow::SlabReleased);
         list_remove(t, (*s).class as usize, s);
         let c = (*s).cache;
         let last = protocol::drop_ref(c, |c| {
@@ -168,14 +172,17 @@ pub(super) unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
     // SAFETY: p is a live object of ours (caller's guarantee).
     unsafe {
         match (*s).kind {
-            KIND_SMALL => {
-                if let NotOwnedFree::AbandonedLocked =
-                    protocol::free_not_owned(s, (*s).cache, p as *mut Block)
-                {
+            KIND_SMALL => match protocol::free_not_owned(s, (*s).cache, p as *mut Block) {
+                NotOwnedFree::AbandonedLocked => {
+                    count(Slow::AbandonedFree);
                     free_abandoned_locked(s, p);
                 }
+                NotOwnedFree::Pushed => count(Slow::RemoteFree),
+            },
+            KIND_LARGE | KIND_HUGE => {
+                count(Slow::LargeFree);
+                free_large(s)
             }
-            KIND_LARGE | KIND_HUGE => free_large(s),
             _ => os::fatal(b"free(): pointer is not a live allocation (double free?)"),
         }
     }

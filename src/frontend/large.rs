@@ -7,6 +7,7 @@
 //! ```
 
 use super::refill::drain_stocks_except;
+use super::slow_paths::{count, Slow};
 use super::thread_heap::{current_scope, tls_heap};
 use crate::backend::huge;
 use crate::backend::segment::{segment_of, LARGE_MAX, PAGE_SIZE};
@@ -60,6 +61,7 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
 /// Allocates a large or huge object (charged exactly, no stock). Null when out of memory or
 /// over a limit.
 pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
+    count(Slow::LargeAlloc);
     let in_segment = size <= LARGE_MAX && align <= LARGE_MAX;
     let usable = if in_segment {
         size.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE

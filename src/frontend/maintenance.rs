@@ -3,6 +3,7 @@
 use super::abandon::sweep_abandoned;
 use super::free::release_slab;
 use super::refill::{set_current, take_all_remote_frees};
+use super::slow_paths::{count_in, Slow};
 use super::table::empty_slab;
 use super::table::{drop_closed, TABLES};
 use super::thread_heap::HEAPS;
@@ -16,6 +17,7 @@ use crate::sync::{AtomicU64, Ordering};
 pub(super) unsafe fn maintenance(h: *mut Heap, force: bool) {
     // SAFETY: h is this thread's heap.
     unsafe {
+        count_in(h, Slow::Maintenance, 1);
         drop_closed(h);
         if force {
             let mut t = (*h).tables;

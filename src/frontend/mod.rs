@@ -16,5 +16,6 @@ pub mod free;
 pub mod large;
 pub mod maintenance;
 pub mod refill;
+pub mod slow_paths;
 pub mod table;
 pub mod thread_heap;

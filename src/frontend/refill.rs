@@ -4,6 +4,7 @@
 use super::abandon::abandon_table;
 use super::alloc::pop;
 use super::maintenance::maintenance;
+use super::slow_paths::{count, count_in, Slow};
 use super::table::{as_owner, owner_table};
 use super::table::{empty_slab, empty_table, Table};
 use super::table::{list_move_to_tail, list_push, table_for};
@@ -35,6 +36,7 @@ pub(super) fn alloc_slow(class: usize) -> *mut u8 {
     }
     // SAFETY: heap is this thread's; tables come from current_table.
     unsafe {
+        count_in(heap, Slow::Malloc, 1);
         (*heap).slow_count += 1;
         if (*heap).slow_count.is_multiple_of(MAINTENANCE_EVERY) {
             maintenance(heap, false);
@@ -119,12 +121,14 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch 
                 break;
             }
             if ready(x) {
+                count_in(heap, Slow::SlabScanned, n as u64 + 1);
                 set_current(t, class, x);
                 return SlabSearch::Slab(x);
             }
             list_move_to_tail(t, class, x);
             n += 1;
         }
+        count_in(heap, Slow::SlabScanned, n as u64);
         match new_slab(heap, t, class) {
             SlabSearch::Slab(s) => {
                 set_current(t, class, s);
@@ -169,6 +173,7 @@ pub(super) unsafe fn ready(s: *mut Slab) -> bool {
             }
         }
         if (*s).carved < (*s).capacity {
+            count(Slow::Carve);
             (*s).extend();
             return true;
         }
@@ -182,6 +187,9 @@ pub(super) unsafe fn take_remote_frees(s: *mut Slab) {
     // SAFETY: s is owned by this thread.
     unsafe {
         let n = (*s).take_remote();
+        if n > 0 {
+            count(Slow::RemoteTaken);
+        }
         (*owner_table(s)).stock.avail += n as i64 * (*s).block_size as i64;
     }
 }
@@ -209,6 +217,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
             // Adopt: the slab is ours from now on; a full one stays on our list and is
             // found again once frees come back to it.
             protocol::adopt_locked(s, heap as usize);
+            count_in(heap, Slow::Adopted, 1);
             (*s).table = as_owner(t);
             (*s).release_at = 0;
             (*c).refs.unlock();
@@ -221,6 +230,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
         let Some(span) = span::alloc_span(npages, 1) else {
             return SlabSearch::Oom;
         };
+        count_in(heap, Slow::FreshSlab, 1);
         let s = slab_at(span.seg, span.idx);
         let size = SIZES[class];
         (*s).free = null_mut();
@@ -274,6 +284,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
 pub(super) unsafe fn refill(heap: *mut Heap, t: *mut Table, need: i64) -> bool {
     // SAFETY: t is this thread's table, which holds a reference on its scope.
     unsafe {
+        count_in(heap, Slow::StockRefill, 1);
         let counter = &(*(*t).scope).counter;
         if (*t).stock.refill(counter, need).is_ok() {
             return true;

@@ -2,6 +2,7 @@
 //! its hand-over at thread exit, scope entry and exit, and the fork handlers.
 
 use super::abandon::abandon_table;
+use super::slow_paths::{self, Counts};
 use super::table::{empty_table, Table};
 use super::table::{
     free_index, new_table, table_for, DROP_AT_LEAST, EMPTY_TABLE, REFUSED_TABLE, TABLES,
@@ -27,6 +28,8 @@ pub struct Heap {
     pub(super) nbuckets: usize,
     /// `table_for` drops closed tables before making a new one once `ntables` reaches this.
     pub(super) drop_at: usize,
+    /// How often each slow path ran on this heap (`slow_paths`).
+    pub(super) slow: Counts,
 }
 
 pub(super) static HEAPS: Pool<Heap> = Pool::new();
@@ -83,6 +86,7 @@ pub(super) fn heap_init() -> *mut Heap {
         (*h).buckets = null_mut();
         (*h).nbuckets = 0;
         (*h).drop_at = DROP_AT_LEAST;
+        (*h).slow.clear();
         set_tls_heap(h);
         let root = new_table(h, scope::root());
         if root.is_null() {
@@ -168,6 +172,7 @@ unsafe fn release_dead_heap(h: *mut Heap) {
         (*h).ntables = 0;
         free_index(h);
         (*h).root = null_mut();
+        slow_paths::retire(h);
         HEAPS.free(h);
     }
 }
@@ -214,6 +219,7 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
         free_index(h);
         (*h).root = null_mut();
         set_tls_heap(null_mut());
+        slow_paths::retire(h);
         HEAPS.free(h);
     }
 }
