@@ -2,7 +2,8 @@
 //!
 //! Each kind of call has a countdown: `Some(k)` lets the next k calls of that kind succeed and
 //! makes every later one fail, until the countdown is disarmed with `None`. Only tests arm it
-//! ([`crate::testing`]); disarmed, a check costs one relaxed load.
+//! ([`crate::testing`]); disarmed, a check costs one relaxed load. A refused call does not reach
+//! the OS: the caller sees the same error as if the kernel had said no.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -11,47 +12,50 @@ use crate::sync::{AtomicU64, Ordering};
 pub enum Call {
     /// `mmap` of fresh memory (segments, huge objects, metadata chunks).
     Map,
+    /// `munmap` (segments, huge objects, the trimmed ends of an aligned mapping, scratch
+    /// buffers).
+    Unmap,
+    /// `madvise(MADV_DONTNEED)` (the decay's purge of free pages, metadata pools' trim).
+    Purge,
     /// `pthread_key_create` (the thread-exit key).
     KeyCreate,
 }
 
-const OFF: u64 = u64::MAX;
-static MAP_AFTER: AtomicU64 = AtomicU64::new(OFF);
-static KEY_AFTER: AtomicU64 = AtomicU64::new(OFF);
+/// Number of [`Call`] kinds.
+const CALLS: usize = 4;
 
-static MAP_CALLS: AtomicU64 = AtomicU64::new(0);
-static KEY_CALLS: AtomicU64 = AtomicU64::new(0);
+impl Call {
+    fn index(self) -> usize {
+        match self {
+            Call::Map => 0,
+            Call::Unmap => 1,
+            Call::Purge => 2,
+            Call::KeyCreate => 3,
+        }
+    }
+}
+
+const OFF: u64 = u64::MAX;
+/// Per call kind: successes left before every call fails (`OFF`: disarmed).
+static AFTER: [AtomicU64; CALLS] = [const { AtomicU64::new(OFF) }; CALLS];
+/// Per call kind: calls made so far (refused ones included).
+static MADE: [AtomicU64; CALLS] = [const { AtomicU64::new(0) }; CALLS];
 
 /// Calls of this kind made so far (refused ones included), for tests that sweep a failure over
 /// every call a workload makes.
 pub fn calls(call: Call) -> u64 {
-    match call {
-        Call::Map => &MAP_CALLS,
-        Call::KeyCreate => &KEY_CALLS,
-    }
-    .load(Ordering::Relaxed)
-}
-
-fn counter(call: Call) -> &'static AtomicU64 {
-    match call {
-        Call::Map => &MAP_AFTER,
-        Call::KeyCreate => &KEY_AFTER,
-    }
+    MADE[call.index()].load(Ordering::Relaxed)
 }
 
 /// Arms (`Some(k)`: the next k calls succeed, then all fail) or disarms (`None`) the hook.
 pub fn set_fail_after(call: Call, n: Option<u64>) {
-    counter(call).store(n.unwrap_or(OFF), Ordering::SeqCst);
+    AFTER[call.index()].store(n.unwrap_or(OFF), Ordering::SeqCst);
 }
 
 /// Whether this call must fail (and, if it may succeed, one fewer success remains).
 pub fn refuses(call: Call) -> bool {
-    match call {
-        Call::Map => &MAP_CALLS,
-        Call::KeyCreate => &KEY_CALLS,
-    }
-    .fetch_add(1, Ordering::Relaxed);
-    let c = counter(call);
+    MADE[call.index()].fetch_add(1, Ordering::Relaxed);
+    let c = &AFTER[call.index()];
     let mut cur = c.load(Ordering::Relaxed);
     loop {
         if cur == OFF {
