@@ -9,6 +9,13 @@ pub fn fail_after(call: OsCall, n: Option<u64>) {
     crate::platform::fail::set_fail_after(call, n);
 }
 
+/// Makes each call of this kind fail with probability `per_million / 1_000_000` (0 disarms),
+/// drawn from a generator shared by all kinds and restarted from `seed`: one thread making the
+/// same calls sees the same refusals for the same seed.
+pub fn fail_randomly(call: OsCall, seed: u64, per_million: u32) {
+    crate::platform::fail::set_fail_randomly(call, seed, per_million);
+}
+
 /// Calls of this kind made since start (refused ones included).
 pub fn os_calls(call: OsCall) -> u64 {
     crate::platform::fail::calls(call)
