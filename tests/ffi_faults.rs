@@ -2,7 +2,8 @@
 //! (`cargo build -p scopealloc-ffi --features fault-injection`, the debug profile, in its own
 //! target directory) runs the C programs of `tests/c` under `SCOPEALLOC_FAIL` (see
 //! `ffi/src/faults.rs`), under `ulimit -v` (the address-space limit, `RLIMIT_AS`), and, where
-//! the machine lets an unprivileged user make a cgroup, under a cgroup memory limit.
+//! the machine lets the test make a memory cgroup inside its own (v1 or v2), under a 48 MiB
+//! cgroup limit (skipped, saying so, elsewhere).
 //!
 //! * `tests/c/faults.c` must pass every check under every setting: each refusal is a NULL with
 //!   errno ENOMEM, a refused realloc keeps its block, calloc returns zeroes, and the scope's
@@ -319,5 +320,132 @@ fn the_c_programs_never_crash_when_mmap_is_refused() {
             eprintln!("{name} under SCOPEALLOC_FAIL={spec}: {}", out.status);
         }
     }
+    assert!(bad.is_empty(), "{}", bad.join("\n\n"));
+}
+
+/// Address-space limits (KiB) for `ulimit -v`: from below what the programs need to start
+/// their threads to above what `faults.c` maps at its peak.
+const ULIMITS_KIB: [u64; 5] = [40 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10];
+
+#[test]
+fn under_ulimit_v_every_refusal_is_null_with_enomem_and_nothing_crashes() {
+    // jemalloc#2289: jemalloc segfaulted under `ulimit -Sv`. Here the kernel refuses mmap by
+    // itself (RLIMIT_AS), no injected failure.
+    let faults = compile("tests/c/faults.c", "faults", false);
+    let others: Vec<(PathBuf, Vec<&str>)> = vec![
+        (compile("tests/c/test_ffi.c", "test_ffi", false), vec![]),
+        (
+            compile("tests/c/threads.c", "threads", false),
+            vec!["2", "2", "3000", "1"],
+        ),
+    ];
+    let mut bad = Vec::new();
+    let mut refused_somewhere = false;
+    for kib in ULIMITS_KIB {
+        let out = run(&faults, &[], None, Some(kib));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!(
+            "ulimit -v {kib}: {}: {}",
+            out.status,
+            err.lines().next().unwrap_or("")
+        );
+        refused_somewhere |= err.contains("faults: ") && !err.contains(" 0 refused,");
+        if !faults_ok(&out) {
+            bad.push(describe(&out, &format!("faults under ulimit -v {kib}")));
+        }
+        for (exe, args) in &others {
+            let out = run_preloading(exe, args, None, Some(kib), Some(segv_where()));
+            let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+            eprintln!("  {name}: {}", out.status);
+            if !no_crash(&out) {
+                bad.push(describe(&out, &format!("{name} under ulimit -v {kib}")));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n\n"));
+    assert!(refused_somewhere, "some limit made the OS refuse memory");
+}
+
+/// A memory cgroup (v1 or v2) of our own, inside the one this process is in, with `limit`
+/// bytes; None (and why) where the machine does not let us make one.
+fn make_cgroup(limit: u64) -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let name = format!("scopealloc-test-{}", std::process::id());
+    // v1: a `memory` hierarchy; v2: the unified one (`0::`).
+    let (dir, limit_file) = if let Some(path) = own
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+    {
+        (
+            PathBuf::from(format!("/sys/fs/cgroup/memory{path}")).join(&name),
+            "memory.limit_in_bytes",
+        )
+    } else if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
+        (
+            PathBuf::from(format!("/sys/fs/cgroup{path}")).join(&name),
+            "memory.max",
+        )
+    } else {
+        return Err("no memory cgroup in /proc/self/cgroup".into());
+    };
+    std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    if let Err(e) = std::fs::write(dir.join(limit_file), limit.to_string()) {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(format!("{limit_file}: {e}"));
+    }
+    Ok(dir)
+}
+
+#[test]
+fn in_a_low_memory_cgroup_the_c_programs_finish_or_are_oom_killed_never_crash() {
+    // Within a cgroup's memory limit, mmap succeeds and the page faults past the limit bring
+    // the kernel's OOM killer (SIGKILL): that is the kernel's documented way out. The library
+    // must not crash before that (no SIGSEGV, SIGBUS, abort or fatal line).
+    let limit = 48u64 << 20;
+    let dir = match make_cgroup(limit) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: cannot make a memory cgroup here ({why}); ulimit -v runs instead");
+            return;
+        }
+    };
+    /// Removes the cgroup (empty once its processes have exited), even if the test panics.
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(self.0);
+        }
+    }
+    let _remove = Remove(&dir);
+    let programs: Vec<(PathBuf, Vec<&str>)> = vec![
+        (compile("tests/c/faults.c", "faults", false), vec![]),
+        (compile("tests/c/test_ffi.c", "test_ffi", false), vec![]),
+        (
+            compile("tests/c/threads.c", "threads", false),
+            vec!["2", "2", "3000", "1"],
+        ),
+    ];
+    let procs = dir.join("cgroup.procs");
+    let mut bad = Vec::new();
+    for (exe, args) in &programs {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg("echo $$ > \"$1\" && shift && exec \"$@\"")
+            .arg("bash")
+            .arg(&procs)
+            .arg(exe)
+            .args(args)
+            .env("LD_PRELOAD", segv_where())
+            .output()
+            .expect("run a C program in the cgroup");
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        eprintln!("{name} in a {} MiB cgroup: {}", limit >> 20, out.status);
+        let oom_killed = out.status.signal() == Some(libc::SIGKILL);
+        if !(oom_killed || no_crash(&out)) {
+            bad.push(describe(&out, &format!("{name} in the cgroup")));
+        }
+    }
+    let failcnt = std::fs::read_to_string(dir.join("memory.failcnt")).unwrap_or_default();
+    eprintln!("the cgroup's memory.failcnt: {}", failcnt.trim());
     assert!(bad.is_empty(), "{}", bad.join("\n\n"));
 }
