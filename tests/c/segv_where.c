@@ -4,8 +4,9 @@
  * naming the object (program, libc, libscopealloc.so) that holds the faulting instruction and
  * the one that holds its caller (the return address on top of the stack on x86-64 - exact for
  * libc's leaf string functions, where these programs fault on a NULL - or the link register on
- * aarch64), then exits with 128 + the signal. The test can then tell a program's own use of a
- * NULL from a crash inside the allocator. Allocates nothing.
+ * aarch64; "?" elsewhere, which the test counts against the library), then exits with 128 +
+ * the signal. The test can then tell a program's own use of a NULL from a crash inside the
+ * allocator. Allocates nothing.
  *
  * Build: cc -O1 -shared -fPIC tests/c/segv_where.c -o libsegv_where.so -ldl
  */
