@@ -91,6 +91,16 @@ fn assert_all_passed(out: &Output, what: &str) {
 }
 
 #[test]
+fn the_shipped_library_cannot_be_made_to_fail() {
+    // SCOPEALLOC_FAIL is read only by a `fault-injection` build (tests/ffi_faults.rs).
+    let so = std::fs::read(lib_dir().join("libscopealloc.so")).unwrap();
+    assert!(
+        !so.windows(15).any(|w| w == b"SCOPEALLOC_FAIL"),
+        "the release library reads SCOPEALLOC_FAIL"
+    );
+}
+
+#[test]
 fn c_test_program_passes_every_check() {
     // -fno-builtin: the compiler must not drop malloc/free pairs the test counts on.
     let exe = compile("tests/c/test_ffi.c", "test_ffi", &["-fno-builtin"]);

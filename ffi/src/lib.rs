@@ -7,7 +7,9 @@
 //! * [`report`] — the statistics report (`SCOPEALLOC_STATS`, `scopealloc_print_stats`,
 //!   `scopealloc_report`);
 //! * [`signal`] — a report of a running process on `SCOPEALLOC_STATS_SIGNAL`;
-//! * [`out`] — lines formatted on the stack and written with `write(2)`.
+//! * [`out`] — lines formatted on the stack and written with `write(2)`;
+//! * `faults` — `SCOPEALLOC_FAIL`, the OS refusing calls on demand (only with the
+//!   `fault-injection` feature, for tests; see `tests/ffi_faults.rs`).
 //!
 //! Nothing reachable from the allocation functions allocates, formats with `core::fmt`, or
 //! unwinds: the release profile builds with `panic = "abort"`, and a panic can never cross an
@@ -21,6 +23,8 @@
 
 // In the crate's unit tests the test harness is a normal program on glibc's malloc: exporting
 // `malloc` and `free` there would mix the two allocators.
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 #[cfg(not(test))]
 pub mod malloc;
 pub mod options;

@@ -82,6 +82,10 @@ static READ_OPTIONS_AT_START: extern "C" fn(c_int, *const *const c_char, *const 
     read_options;
 
 extern "C" fn read_options(_argc: c_int, _argv: *const *const c_char, _env: *const *const c_char) {
+    #[cfg(feature = "fault-injection")]
+    if let Some(v) = env(c"SCOPEALLOC_FAIL") {
+        crate::faults::arm_from_env(v);
+    }
     if let Some(v) = env(c"SCOPEALLOC_LIMIT") {
         match parse_size(v) {
             Some(0) => {}
@@ -173,7 +177,7 @@ fn env(name: &CStr) -> Option<&'static [u8]> {
 }
 
 /// One line: `scopealloc: warning: ignoring NAME="value": why; using default`.
-fn warn(name: &[u8], value: &[u8], why: &[u8], default: &[u8]) {
+pub(crate) fn warn(name: &[u8], value: &[u8], why: &[u8], default: &[u8]) {
     let mut line = StackBuf::<512>::new();
     line.bytes(PREFIX)
         .bytes(b"warning: ignoring ")
@@ -225,7 +229,7 @@ fn parse_signal(v: &[u8]) -> Option<c_int> {
 }
 
 /// A decimal number without sign or suffix.
-fn parse_u64(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(v: &[u8]) -> Option<u64> {
     if v.is_empty() {
         return None;
     }

@@ -1,5 +1,48 @@
 //! Hooks for tests.
 
+/// The OS calls the failure hook can refuse ([`fail_after`]).
+pub use crate::platform::fail::Call as OsCall;
+
+/// `Some(k)`: the next k calls of this kind succeed, then every one fails (as if the OS had
+/// said no) until `fail_after(call, None)`.
+pub fn fail_after(call: OsCall, n: Option<u64>) {
+    crate::platform::fail::set_fail_after(call, n);
+}
+
+/// Makes each call of this kind fail with probability `per_million / 1_000_000` (0 disarms),
+/// drawn from a generator shared by all kinds and restarted from `seed`: one thread making the
+/// same calls sees the same refusals for the same seed.
+pub fn fail_randomly(call: OsCall, seed: u64, per_million: u32) {
+    crate::platform::fail::set_fail_randomly(call, seed, per_million);
+}
+
+/// Calls of this kind made since start (refused ones included).
+pub fn os_calls(call: OsCall) -> u64 {
+    crate::platform::fail::calls(call)
+}
+
+/// Where the address space mapped from the OS is, as the allocator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MappedCensus {
+    /// Bytes mapped and not unmapped, counted at the system calls (`heap_stats().mapped`).
+    pub mapped: usize,
+    /// Bytes the back end holds: segments, huge mappings (cached ones included), metadata.
+    pub held: usize,
+    /// Bytes whose `munmap` failed, waiting to be unmapped again (the next decay tick or
+    /// `trim`).
+    pub deferred: usize,
+}
+
+/// The census of mapped memory: at rest (no report being built by another thread),
+/// `mapped == held + deferred`, or memory was lost.
+pub fn mapped_census() -> MappedCensus {
+    MappedCensus {
+        mapped: crate::platform::os::MAPPED.load(crate::sync::Ordering::Relaxed),
+        held: crate::backend::census(),
+        deferred: crate::platform::os::deferred_bytes(),
+    }
+}
+
 /// `Some(k)`: the next k OS mappings succeed, then every mapping fails until
 /// `os_fail_after(None)`.
 pub fn os_fail_after(n: Option<u64>) {

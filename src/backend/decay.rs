@@ -10,6 +10,12 @@
 //! them) and takes whole free segments off the lists and out of the registry; without the lock
 //! it calls `madvise` and `munmap`; under the lock again it gives the purged pages back as clean
 //! free pages.
+//!
+//! When the OS says no: pages whose `madvise` failed go back as *dirty* free pages (`dirty_old`,
+//! so the next tick tries again): they are still committed and keep their old contents, so a
+//! span taken from them is not `zeroed`. A segment whose `munmap` failed is the platform's to
+//! retry (`os::retry_unmaps`, called by every tick): it stays counted as mapped and is never
+//! handed out again.
 
 use super::huge;
 use super::registry;
@@ -36,6 +42,7 @@ pub fn tick(force: bool) {
     // not fit in its batch to the next tick.
     while tick_round(force) && force {}
     huge::cache_decay(force);
+    os::retry_unmaps();
 }
 
 /// One round of [`tick`]; true when it filled a batch (work may remain).
@@ -87,9 +94,10 @@ fn tick_round(force: bool) -> bool {
             }
         }
     }
-    for &(seg, mask) in &purge[..np] {
+    let mut refused = [0u64; TICK_BATCH];
+    for (i, &(seg, mask)) in purge[..np].iter().enumerate() {
         // SAFETY: the pages are reserved (`purging`): free, ours, and nobody can take them.
-        unsafe { purge_pages(seg, mask) };
+        refused[i] = unsafe { purge_pages(seg, mask) };
     }
     for &(seg, _) in &unmap[..nu] {
         // SAFETY: the segment is off every list and out of the registry, and entirely free:
@@ -103,31 +111,39 @@ fn tick_round(force: bool) -> bool {
         for &(_, dirty) in &unmap[..nu] {
             guard.dirty_pages -= dirty;
         }
-        for &(seg, mask) in &purge[..np] {
-            guard.dirty_pages -= mask.count_ones() as usize;
+        for (&(seg, mask), &refused) in purge[..np].iter().zip(&refused) {
+            guard.dirty_pages -= (mask & !refused).count_ones() as usize;
             // SAFETY: seg is still on the avail list (a segment with pages being purged is never
             // moved to the full list nor unmapped); we hold the lock.
             unsafe {
                 (*seg).purging &= !mask;
                 (*seg).free_mask |= mask;
+                // Still committed, and not zero: free dirty pages, purged again next tick.
+                (*seg).dirty_old |= refused;
             }
         }
     }
     np == TICK_BATCH || nu == TICK_BATCH
 }
 
-/// madvises every run of set bits of `mask`.
+/// madvises every run of set bits of `mask`; returns the pages whose `madvise` failed (still
+/// committed, contents kept).
 ///
 /// # Safety
 /// The pages of `mask` are free pages of our segment `seg` that nobody can take meanwhile.
-unsafe fn purge_pages(seg: *mut Segment, mask: u64) {
+unsafe fn purge_pages(seg: *mut Segment, mask: u64) -> u64 {
     let mut m = mask;
+    let mut refused = 0;
     while m != 0 {
         let start = m.trailing_zeros() as usize;
         let len = (m >> start).trailing_ones() as usize;
         // SAFETY: the pages are free pages of our segment (the caller's contract).
-        unsafe { os::purge(page_start(seg, start), len * PAGE_SIZE) };
-        os::PURGED.fetch_add(len * PAGE_SIZE, Ordering::Relaxed);
+        if unsafe { os::purge(page_start(seg, start), len * PAGE_SIZE) } {
+            os::PURGED.fetch_add(len * PAGE_SIZE, Ordering::Relaxed);
+        } else {
+            refused |= run_mask(len, start);
+        }
         m &= !run_mask(len, start);
     }
+    refused
 }

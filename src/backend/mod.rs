@@ -21,6 +21,18 @@ pub fn figures() -> (usize, usize) {
     (span_used + huge_used, dirty + huge_cached)
 }
 
+/// Bytes of address space the back end believes it holds: its small segments, its huge
+/// mappings (handed out and cached) and the metadata mappings. At rest (no report being
+/// built), `os::MAPPED` must equal this plus `os::deferred_bytes()`: memory the OS was asked
+/// for and never given back is in one of them, or lost.
+pub fn census() -> usize {
+    let (huge_used, huge_cached) = huge::figures();
+    span::segments() * segment::SEGMENT_SIZE
+        + huge_used
+        + huge_cached
+        + pool::METADATA_MAPPED.load(crate::sync::Ordering::Relaxed)
+}
+
 /// Takes the back-end locks (fork prepare), in the lock order.
 pub fn lock_for_fork() {
     span::BACKEND.lock_for_fork();

@@ -209,8 +209,12 @@ impl<T> Pool<T> {
                         (*chunk).free[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
                     });
                     let p = (page - chunk as usize) / os::page_size();
-                    if all_free && (*chunk).purged[p / 64] & (1 << (p % 64)) == 0 {
-                        os::purge(page as *mut u8, os::page_size());
+                    // A page whose madvise failed stays unmarked (committed, its free items
+                    // intact): the next trim tries again.
+                    if all_free
+                        && (*chunk).purged[p / 64] & (1 << (p % 64)) == 0
+                        && os::purge(page as *mut u8, os::page_size())
+                    {
                         (*chunk).purged[p / 64] |= 1 << (p % 64);
                     }
                     page += os::page_size();

@@ -246,3 +246,18 @@ pub fn figures() -> (usize, usize) {
     let st = BACKEND.lock();
     (st.used_pages * PAGE_SIZE, st.dirty_pages * PAGE_SIZE)
 }
+
+/// Small segments the back end holds (on either list), for the census of mapped memory.
+pub fn segments() -> usize {
+    let st = BACKEND.lock();
+    let mut n = 0;
+    for head in [st.avail, st.full] {
+        let mut seg = head;
+        while !seg.is_null() {
+            n += 1;
+            // SAFETY: segments on the lists are mapped headers; we hold the lock.
+            seg = unsafe { (*seg).next };
+        }
+    }
+    n
+}

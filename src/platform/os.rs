@@ -1,18 +1,48 @@
 //! The OS calls for memory (mmap, munmap, madvise), time and diagnostics: the only place that
 //! talks to the OS for them. Nothing here allocates or panics.
 //!
-//! A test hook ([`super::fail`]) makes [`map_aligned`] fail on demand, so the tests can check
-//! that the allocator returns null (never aborts) when the OS refuses memory.
+//! A test hook ([`super::fail`]) makes `mmap`, `munmap` and `madvise` fail on demand, so the
+//! tests can check that the allocator returns null (never aborts) when the OS refuses memory,
+//! and keeps exact figures when it refuses to take memory back.
+//!
+//! **When `munmap` fails** (the kernel would have to split a mapping past `vm.max_map_count`,
+//! or the hook says no), the range stays ours: it is still counted in [`MAPPED`], its pages
+//! but the first are purged with `madvise`, and it goes on a *deferred* list, linked through
+//! its own first page, that [`retry_unmaps`] (every decay tick, so every `trim`) hands to
+//! `munmap` again. The caller has already forgotten the range, so it is never reused; the
+//! list needs neither a lock nor an allocation. [`deferred_bytes`] says how much waits there.
+//!
+//! **When `madvise` fails**, [`purge`] says so and counts nothing: the caller keeps the pages
+//! as committed (the decay ages them again and retries at its next tick).
 
 use super::fail::{self, Call};
 use crate::sync::{AtomicUsize, Ordering};
 
-/// Bytes mapped from the OS right now (segments and huge objects).
+/// Bytes mapped from the OS right now (segments, huge objects, metadata, scratch buffers, and
+/// ranges whose `munmap` failed until it is retried): counted at the system calls.
 pub static MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes given back to the OS since start (madvise(DONTNEED) plus munmap).
 pub static RETURNED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of mapped memory currently returned with madvise (mapped but not committed).
 pub static PURGED: AtomicUsize = AtomicUsize::new(0);
+/// The deferred unmaps: the first [`DeferredUnmap`] of a list linked through the ranges
+/// themselves (0: empty). Pushed with a CAS, taken whole with a swap, so no node is ever
+/// popped alone (no ABA).
+static DEFERRED: AtomicUsize = AtomicUsize::new(0);
+/// Bytes of the ranges on the deferred list.
+static DEFERRED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The head of a range whose `munmap` failed, written into its own first page.
+#[repr(C)]
+struct DeferredUnmap {
+    next: usize,
+    /// Length of the range (whole pages), this page included.
+    len: usize,
+    /// Bytes of it purged while it waits (counted in [`PURGED`] until it is unmapped).
+    purged: usize,
+    /// Whether its unmap counts in [`RETURNED`] (heap memory, not a scratch buffer).
+    returned: bool,
+}
 
 /// The OS page size, read once (`sysconf` reads the auxiliary vector: no allocation, no lock).
 /// 4, 16 and 64 KiB pages all occur (aarch64 kernels use all three).
@@ -85,36 +115,39 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
     if raw == libc::MAP_FAILED {
         return core::ptr::null_mut();
     }
+    MAPPED.fetch_add(over, Ordering::Relaxed);
     let raw = raw as usize;
     if !fits_address_width(raw, over) {
         // SAFETY: the whole mapping was just made by us and is not handed out.
-        unsafe { libc::munmap(raw as *mut libc::c_void, over) };
+        unsafe { release(raw as *mut u8, over, false) };
         return core::ptr::null_mut();
     }
     let start = (raw + align - 1) & !(align - 1);
     let head = start - raw;
     let tail = over - head - len;
     // SAFETY: both trimmed ranges lie inside the mapping made above and are not handed out.
+    // Should the kernel refuse to split the mapping, they wait on the deferred list.
     unsafe {
         if head > 0 {
-            libc::munmap(raw as *mut libc::c_void, head);
+            release(raw as *mut u8, head, false);
         }
         if tail > 0 {
-            libc::munmap((start + len) as *mut libc::c_void, tail);
+            release((start + len) as *mut u8, tail, false);
         }
     }
-    MAPPED.fetch_add(len, Ordering::Relaxed);
     start as *mut u8
 }
 
 /// Unmaps a range obtained from [`map_aligned`] (`len` is rounded up to whole pages, as there).
+/// If the kernel refuses, the range waits on the deferred list (see the module's essay): the
+/// caller may forget it either way.
 ///
 /// # Safety
 /// `ptr..ptr+len` was mapped by [`map_aligned`] and nothing refers to it any more.
 pub unsafe fn unmap(ptr: *mut u8, len: usize) {
-    // SAFETY: the caller's contract is unmap_scratch's.
-    let len = unsafe { unmap_scratch(ptr, len) };
-    RETURNED.fetch_add(len, Ordering::Relaxed);
+    let len = round_to_pages(len).unwrap_or(len);
+    // SAFETY: the caller's contract.
+    unsafe { release(ptr, len, true) };
 }
 
 /// Unmaps a short-lived buffer of the allocator's own (a report's snapshot), like [`unmap`] but
@@ -124,34 +157,143 @@ pub unsafe fn unmap(ptr: *mut u8, len: usize) {
 /// # Safety
 /// As for [`unmap`].
 pub unsafe fn unmap_scratch(ptr: *mut u8, len: usize) -> usize {
+    let len = round_to_pages(len).unwrap_or(len);
+    // SAFETY: the caller's contract.
+    unsafe { release(ptr, len, false) };
+    len
+}
+
+/// `munmap`, through the failure hook; true when the range is gone.
+///
+/// # Safety
+/// The range (whole pages) is ours and nothing refers to it.
+unsafe fn try_munmap(ptr: *mut u8, len: usize) -> bool {
     debug_assert!(
         crate::sync::syscalls_allowed(),
         "munmap under the back-end lock"
     );
-    let len = round_to_pages(len).unwrap_or(len);
-    // SAFETY: the caller guarantees the range is ours and unused.
-    unsafe {
-        libc::munmap(ptr as *mut libc::c_void, len);
+    // SAFETY: the caller's contract.
+    !fail::refuses(Call::Unmap) && unsafe { libc::munmap(ptr as *mut libc::c_void, len) } == 0
+}
+
+/// Unmaps `len` bytes (whole pages) counted in [`MAPPED`], or defers them if the kernel says
+/// no; `returned`: count them in [`RETURNED`].
+///
+/// # Safety
+/// The range is ours, counted in [`MAPPED`], and nothing refers to it any more.
+unsafe fn release(ptr: *mut u8, len: usize, returned: bool) {
+    // SAFETY: the caller's contract.
+    if unsafe { try_munmap(ptr, len) } {
+        MAPPED.fetch_sub(len, Ordering::Relaxed);
+        if returned {
+            RETURNED.fetch_add(len, Ordering::Relaxed);
+        }
+    } else {
+        // SAFETY: the range is ours and unused (the caller's contract).
+        unsafe { defer(ptr, len, returned) };
     }
-    MAPPED.fetch_sub(len, Ordering::Relaxed);
-    len
+}
+
+/// Puts a range whose `munmap` failed on the deferred list, its pages but the first purged.
+///
+/// # Safety
+/// As for [`release`]; `len` is at least one page.
+unsafe fn defer(ptr: *mut u8, len: usize, returned: bool) {
+    let page = page_size();
+    // SAFETY: the pages after the first are ours and unused; the first holds the node.
+    let purged = if len > page && unsafe { purge(ptr.add(page), len - page) } {
+        PURGED.fetch_add(len - page, Ordering::Relaxed);
+        len - page
+    } else {
+        0
+    };
+    let node = ptr as *mut DeferredUnmap;
+    // SAFETY: the range is still mapped read-write, ours and unused: its first page can hold
+    // the node (a page is far larger than it, and page-aligned).
+    unsafe {
+        node.write(DeferredUnmap {
+            next: 0,
+            len,
+            purged,
+            returned,
+        })
+    };
+    DEFERRED_BYTES.fetch_add(len, Ordering::Relaxed);
+    push_deferred(node);
+}
+
+/// Pushes a node (written by its owner) on the deferred list.
+fn push_deferred(node: *mut DeferredUnmap) {
+    let mut head = DEFERRED.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: the node is ours until the CAS below publishes it.
+        unsafe { (*node).next = head };
+        // Release publishes the node's fields to the swap (Acquire) of `retry_unmaps`.
+        match DEFERRED.compare_exchange_weak(
+            head,
+            node as usize,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return,
+            Err(h) => head = h,
+        }
+    }
+}
+
+/// Hands every deferred range to `munmap` again; those still refused go back on the list.
+/// Called by each decay tick (one relaxed load when the list is empty).
+pub fn retry_unmaps() {
+    if DEFERRED.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    // Acquire pairs with the Release of `push_deferred`: the nodes' fields are visible.
+    let mut node = DEFERRED.swap(0, Ordering::Acquire) as *mut DeferredUnmap;
+    while !node.is_null() {
+        // SAFETY: the swap made this list ours alone; each node heads a mapped range of ours.
+        let n = unsafe { node.read() };
+        // SAFETY: the range is ours and nothing refers to it (it was released).
+        if unsafe { try_munmap(node as *mut u8, n.len) } {
+            DEFERRED_BYTES.fetch_sub(n.len, Ordering::Relaxed);
+            MAPPED.fetch_sub(n.len, Ordering::Relaxed);
+            PURGED.fetch_sub(n.purged, Ordering::Relaxed);
+            if n.returned {
+                // The purged part was counted when it was purged.
+                RETURNED.fetch_add(n.len - n.purged, Ordering::Relaxed);
+            }
+        } else {
+            push_deferred(node);
+        }
+        node = n.next as *mut DeferredUnmap;
+    }
+}
+
+/// Bytes mapped that wait on the deferred list (their `munmap` failed): part of [`MAPPED`].
+pub fn deferred_bytes() -> usize {
+    DEFERRED_BYTES.load(Ordering::Relaxed)
 }
 
 /// Gives the physical pages of a range back to the OS; the range stays mapped and reads as zero
-/// on its next touch.
+/// on its next touch. False when `madvise` failed (or the test hook refused it): the pages are
+/// then still committed and keep their contents, and nothing was counted.
 ///
 /// # Safety
 /// The range lies inside memory of ours that holds no live object.
-pub unsafe fn purge(ptr: *mut u8, len: usize) {
+#[must_use]
+pub unsafe fn purge(ptr: *mut u8, len: usize) -> bool {
     debug_assert!(
         crate::sync::syscalls_allowed(),
         "madvise under the back-end lock"
     );
+    if fail::refuses(Call::Purge) {
+        return false;
+    }
     // SAFETY: the caller guarantees the range is ours and free.
-    unsafe {
-        libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_DONTNEED);
+    if unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_DONTNEED) } != 0 {
+        return false;
     }
     RETURNED.fetch_add(len, Ordering::Relaxed);
+    true
 }
 
 /// Nanoseconds of a monotonic clock (a vDSO read, no syscall), for measuring lock holds.

@@ -993,7 +993,10 @@ static void test_realloc_keeps_the_blocks_origin(void) {
         pthread_join(t, NULL);
         os = stats_of(origin);
         xs = stats_of(other);
-        CHECK(arg.p != NULL && all_bytes(arg.p, 0x5c, from), "%zu -> %zu -> %zu from another thread keeps contents", from, to, from);
+        /* Only what the first move kept is known: a grown block's tail is not (a huge block
+         * served from the huge cache happens to keep its old bytes, a fresh one does not). */
+        CHECK(arg.p != NULL && all_bytes(arg.p, 0x5c, from < to ? from : to), "%zu -> %zu -> %zu from another thread keeps contents", from,
+              to, from);
         CHECK(os.objects == 1 && arg.p && os.bytes == malloc_usable_size(arg.p), "%zu -> %zu from another thread: origin has it: %llu bytes",
               to, from, (unsigned long long)os.bytes);
         CHECK(xs.allocs == 0, "%zu -> %zu from another thread: nothing charged to its scope", to, from);
