@@ -16,7 +16,18 @@
 //! - `producer_consumer`: one thread allocates, hands the pointers to a second thread through a
 //!   lock-free ring in batches of 64, the second frees them (time per 10 000 objects);
 //! - `larson`: two threads churn (free a random slot, allocate a random size into it) on slot
-//!   arrays that the threads swap after every round, so half the frees are remote.
+//!   arrays that the threads swap after every round, so half the frees are remote;
+//! - `channel_batches`: one thread allocates objects of 64..=256 B and sends them in batches of
+//!   64 through a `std::sync::mpsc::sync_channel`, the other frees them (time per 10 000);
+//! - `channel_pipeline`: three stages joined by two `sync_channel`s; the first allocates
+//!   messages of 32..=512 B, the second allocates the next message and frees the one it
+//!   received, the third frees it (time per 10 000 messages).
+//!
+//! The channel groups send raw pointers (batches as arrays, by value): a bounded `sync_channel`
+//! allocates its buffer once, when it is made, so every allocation per message is the
+//! contender's, as when a Rust program with that allocator as global sends owned buffers.
+//! Application-shaped programs with each allocator as `#[global_allocator]` are in
+//! `bench/rust` (`scripts/bench-rust-apps.sh`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -24,6 +35,7 @@ use common::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -379,12 +391,149 @@ fn larson(c: &mut Criterion) {
     g.finish();
 }
 
+/// A block handed to another thread through a channel.
+#[derive(Clone, Copy)]
+struct Block(*mut u8);
+// SAFETY: a Block is owned by exactly one thread at a time: the sender gives it up by sending
+// it and never touches it again; the receiver frees it (GlobalAlloc blocks may be freed from
+// any thread).
+unsafe impl Send for Block {}
+
+/// Objects per batch in `channel_batches`, and the channels' capacity (in messages).
+const CHANNEL_BATCH: usize = 64;
+const CHANNEL_CAPACITY: usize = 64;
+/// Objects (or messages) per iteration of the channel groups.
+const CHANNEL_OBJECTS: usize = 10_000;
+
+/// Sends `objects` objects of `sizes` (cycled) from a producer to a consumer in batches of
+/// CHANNEL_BATCH through a sync_channel; returns the time until the consumer freed the last.
+fn channel_batches_run<A: GlobalAlloc + Sync>(
+    a: &'static A,
+    sizes: &[usize],
+    objects: usize,
+) -> Duration {
+    let (tx, rx) = sync_channel::<(usize, [Block; CHANNEL_BATCH])>(CHANNEL_CAPACITY);
+    let start_line = &Barrier::new(2);
+    thread::scope(|s| {
+        let consumer = s.spawn(move || {
+            start_line.wait();
+            let mut seq = 0usize;
+            while let Ok((n, batch)) = rx.recv() {
+                for block in &batch[..n] {
+                    // SAFETY: the producer allocated object `seq` with sizes[seq % len] and
+                    // gave it up by sending it; objects arrive in order, each once.
+                    unsafe { free(a, block.0, sizes[seq % sizes.len()]) };
+                    seq += 1;
+                }
+            }
+            assert_eq!(seq, objects, "every object arrived");
+        });
+        start_line.wait();
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while sent < objects {
+            let n = CHANNEL_BATCH.min(objects - sent);
+            let mut batch = [Block(std::ptr::null_mut()); CHANNEL_BATCH];
+            for (k, slot) in batch[..n].iter_mut().enumerate() {
+                // SAFETY: sizes are non-zero.
+                *slot = Block(unsafe { must_alloc(a, sizes[(sent + k) % sizes.len()]) });
+            }
+            tx.send((n, batch)).expect("the consumer is alive");
+            sent += n;
+        }
+        drop(tx);
+        consumer.join().expect("consumer thread panicked");
+        start.elapsed()
+    })
+}
+
+fn channel_batches(c: &mut Criterion) {
+    let sizes = random_sizes(1024, 64, 256, 0x5EED_0005);
+    let mut g = c.benchmark_group("channel_batches");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(CHANNEL_OBJECTS as u64));
+    for_each_contender!(|name, a| {
+        g.bench_function(BenchmarkId::new(name, "64..=256"), |b| {
+            b.iter_custom(|iters| channel_batches_run(a, &sizes, CHANNEL_OBJECTS * iters as usize))
+        });
+    });
+    g.finish();
+}
+
+/// Passes `messages` messages through three stages and two sync_channels; stage 1 allocates
+/// message i with `first[i % len]` bytes, stage 2 allocates its successor with `second[i % len]`
+/// bytes and frees message i, stage 3 frees the successor. Returns the time until the last
+/// message was freed.
+fn channel_pipeline_run<A: GlobalAlloc + Sync>(
+    a: &'static A,
+    first: &[usize],
+    second: &[usize],
+    messages: usize,
+) -> Duration {
+    let (tx1, rx1) = sync_channel::<Block>(CHANNEL_CAPACITY);
+    let (tx2, rx2) = sync_channel::<Block>(CHANNEL_CAPACITY);
+    let start_line = &Barrier::new(3);
+    thread::scope(|s| {
+        let middle = s.spawn(move || {
+            start_line.wait();
+            for (i, received) in rx1.iter().enumerate() {
+                // SAFETY: sizes are non-zero.
+                let next = unsafe { must_alloc(a, second[i % second.len()]) };
+                // SAFETY: message i was allocated by stage 1 with first[i % len] bytes and sent
+                // to this stage only.
+                unsafe { free(a, received.0, first[i % first.len()]) };
+                tx2.send(Block(next)).expect("the last stage is alive");
+            }
+        });
+        let last = s.spawn(move || {
+            start_line.wait();
+            let mut n = 0usize;
+            for (i, received) in rx2.iter().enumerate() {
+                // SAFETY: stage 2 allocated message i with second[i % len] bytes and sent it
+                // here only.
+                unsafe { free(a, received.0, second[i % second.len()]) };
+                n += 1;
+            }
+            assert_eq!(n, messages, "every message arrived");
+        });
+        start_line.wait();
+        let start = Instant::now();
+        for i in 0..messages {
+            // SAFETY: sizes are non-zero.
+            let m = unsafe { must_alloc(a, first[i % first.len()]) };
+            tx1.send(Block(m)).expect("the middle stage is alive");
+        }
+        drop(tx1);
+        middle.join().expect("middle stage panicked");
+        last.join().expect("last stage panicked");
+        start.elapsed()
+    })
+}
+
+fn channel_pipeline(c: &mut Criterion) {
+    let first = random_sizes(1024, 32, 512, 0x5EED_0006);
+    let second = random_sizes(1024, 32, 512, 0x5EED_0007);
+    let mut g = c.benchmark_group("channel_pipeline");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(CHANNEL_OBJECTS as u64));
+    for_each_contender!(|name, a| {
+        g.bench_function(BenchmarkId::new(name, "3 stages 32..=512"), |b| {
+            b.iter_custom(|iters| {
+                channel_pipeline_run(a, &first, &second, CHANNEL_OBJECTS * iters as usize)
+            })
+        });
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     pair,
     random_sizes_group,
     burst,
     producer_consumer,
-    larson
+    larson,
+    channel_batches,
+    channel_pipeline
 );
 criterion_main!(benches);

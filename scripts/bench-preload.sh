@@ -2,21 +2,27 @@
 # bench-preload.sh - whole-process allocator benchmarks under LD_PRELOAD,
 # modelled on mimalloc-bench.
 #
-# Runs every workload in bench/c/*.c (plus a python3 workload) under glibc
-# (no preload), Debian's libjemalloc2, Debian's libmimalloc (if the package
-# exists) and libscopealloc.so, alternating the contenders round by round,
-# measures wall time with hyperfine (--export-json, one run per contender per
-# round) and peak RSS with /usr/bin/time -v, and prints a Markdown table of
-# time and RSS ratios to jemalloc plus a geomean row.
+# Runs the workloads of bench/c/*.c (set "c") and real Debian programs driven
+# by bench/programs/ (set "programs") under glibc (no preload), Debian's
+# libjemalloc2, Debian's libmimalloc (if the package exists) and
+# libscopealloc.so, alternating the contenders round by round, measures wall
+# time with hyperfine (--export-json, one run per contender per round), peak
+# RSS and CPU time with /usr/bin/time -v, and prints Markdown tables of time,
+# RSS and CPU-time ratios to jemalloc and to mimalloc, with geomean rows.
 #
 # Environment:
+#   BENCH_SET=all          c | programs | all: which workloads run by default
 #   BENCH_SCALE=1          multiply the work of every workload (float ok)
-#   BENCH_RUNS=7           timed rounds (each contender runs once per round)
+#   BENCH_RUNS=7           timed rounds (each contender runs once per round);
+#                          0 runs only the check pass (every workload once per
+#                          allocator, checksums compared: scripts/bench-smoke.sh)
 #   BENCH_THREADS=2        threads for the multithreaded workloads
 #   BENCH_SEED=1           PRNG seed passed to every workload
 #   BENCH_TIMEOUT=60       seconds before one run counts as hung
-#   BENCH_WORKLOADS="..."  subset of: larson xmalloc cache-scratch mstress
-#                          glibc-simple pareto python
+#   BENCH_WORKLOADS="..."  subset of the set "c": larson xmalloc cache-scratch
+#                          mstress glibc-simple pareto workingset workingset-l2
+#                          shortlived randsize-1t randsize-2t prodcons pipeline;
+#                          of the set "programs": python gcc z3 ruby sqlite redis
 #   BENCH_ALLOCATORS="..." subset of: glibc jemalloc mimalloc scopealloc
 #   BENCH_OUT=DIR          work/output dir (default: $TMPDIR/scopealloc-bench-preload)
 #   SCOPEALLOC_SO=PATH     use this libscopealloc.so instead of building it
@@ -32,7 +38,16 @@ RUNS=${BENCH_RUNS:-7}
 THREADS=${BENCH_THREADS:-2}
 SEED=${BENCH_SEED:-1}
 TIMEOUT=${BENCH_TIMEOUT:-60}
-WORKLOADS=${BENCH_WORKLOADS:-"larson xmalloc cache-scratch mstress glibc-simple pareto python"}
+SET=${BENCH_SET:-all}
+C_WORKLOADS="larson xmalloc cache-scratch mstress glibc-simple pareto workingset workingset-l2 shortlived randsize-1t randsize-2t prodcons pipeline"
+PROGRAM_WORKLOADS="python gcc z3 ruby sqlite redis"
+case $SET in
+c) DEFAULT_WORKLOADS=$C_WORKLOADS ;;
+programs) DEFAULT_WORKLOADS=$PROGRAM_WORKLOADS ;;
+all) DEFAULT_WORKLOADS="$C_WORKLOADS $PROGRAM_WORKLOADS" ;;
+*) echo "[bench-preload] error: BENCH_SET must be c, programs or all (got $SET)" >&2; exit 1 ;;
+esac
+WORKLOADS=${BENCH_WORKLOADS:-$DEFAULT_WORKLOADS}
 ALLOCATORS=${BENCH_ALLOCATORS:-"glibc jemalloc mimalloc scopealloc"}
 OUT=${BENCH_OUT:-${TMPDIR:-/tmp}/scopealloc-bench-preload}
 LIBDIR=/usr/lib/x86_64-linux-gnu
@@ -61,7 +76,7 @@ apt_install() {
         $SUDO apt-get update -qq >&2 || return 1
         APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >&2
 }
 
 missing=()
@@ -70,6 +85,12 @@ command -v hyperfine >/dev/null 2>&1 || missing+=(hyperfine)
 [ -x "$PY" ] || missing+=(python3)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 [ -e "$LIBDIR/libjemalloc.so.2" ] || missing+=(libjemalloc2)
+uses() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+uses z3 && ! command -v z3 >/dev/null 2>&1 && missing+=(z3)
+uses ruby && ! command -v ruby >/dev/null 2>&1 && missing+=(ruby)
+uses sqlite && ! command -v sqlite3 >/dev/null 2>&1 && missing+=(sqlite3)
+uses redis && ! command -v redis-server >/dev/null 2>&1 && missing+=(redis-server)
+uses redis && ! command -v redis-benchmark >/dev/null 2>&1 && missing+=(redis-tools)
 mimalloc_so() { ls "$LIBDIR"/libmimalloc.so.[0-9]* 2>/dev/null | sort | head -n1; }
 if [ -z "$(mimalloc_so)" ]; then
     # the package name carries the soname version (libmimalloc2.0 on bookworm)
@@ -96,35 +117,17 @@ for src in "$ROOT"/bench/c/*.c; do
     cc -O2 -pthread -o "$OUT/bin/$name" "$src" -lm || die "cc failed for $src"
 done
 
-cat >"$OUT/pywork.py" <<'PYEOF'
-# Allocation-heavy python3 workload: dicts, strings, json round trip.
-import json, sys, zlib, random
-n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-rng = random.Random(seed)
-words = ["w%d_%s" % (i, "x" * (i % 17)) for i in range(5000)]
-crc = 0
-for rnd in range(4):
-    recs = []
-    for i in range(n):
-        d = {"id": i, "name": rng.choice(words) + str(i),
-             "tags": [rng.choice(words) for _ in range(rng.randrange(1, 8))],
-             "score": rng.random(), "nested": {"a": i * 3, "b": str(i) * (i % 5)}}
-        recs.append(d)
-    text = json.dumps(recs, sort_keys=True)
-    back = json.loads(text)
-    idx = {}
-    for d in back:
-        idx.setdefault(d["name"][:4], []).append(d["id"])
-    s = "|".join("%s:%d" % (k, len(v)) for k, v in sorted(idx.items()))
-    parts = text.split(",")
-    joined = ",".join(p.upper() for p in parts[: len(parts) // 2])
-    crc = zlib.crc32(text.encode(), crc)
-    crc = zlib.crc32(s.encode(), crc)
-    crc = zlib.crc32(joined.encode(), crc)
-    del recs, back, idx, parts, joined, text
-print("python n=%d checksum=%08x" % (n, crc))
-PYEOF
+PROG=$ROOT/bench/programs
+# Inputs of the real programs, written once (their generation is not timed).
+mkdir -p "$OUT"/prog
+rm -f "$OUT"/prog/redis-server-rss.*
+if uses gcc; then
+    rm -rf "$OUT/prog/gcc-src"
+    "$PY" "$PROG/gen.py" gcc "$OUT/prog/gcc-src" "$(awk -v s="$SCALE" 'BEGIN { v = int(6 * s + 0.5); print v < 1 ? 1 : v }')" "$SEED" || die "gen.py gcc failed"
+fi
+if uses z3; then
+    "$PY" "$PROG/gen.py" z3 "$OUT/prog/problems.smt2" "$(awk -v s="$SCALE" 'BEGIN { v = int(4 * s + 0.5); print v < 1 ? 1 : v }')" "$SEED" || die "gen.py z3 failed"
+fi
 
 declare -A SO=()
 SO[glibc]=""
@@ -210,7 +213,20 @@ CMD[cache-scratch]="$B/cache-scratch $THREADS $(sc 2000) 8 50000 $SEED"
 CMD[mstress]="$B/mstress $THREADS 10 $(sc 50) $SEED"
 CMD[glibc-simple]="$B/glibc-simple $(sc 3000000) $SEED"
 CMD[pareto]="$B/pareto $(sc 10000000) 100000 $SEED"
-CMD[python]="PYTHONMALLOC=malloc PYTHONHASHSEED=0 $PY $OUT/pywork.py $(sc 20000) $SEED"
+CMD[workingset]="$B/workingset 1 $(sc 20000000) $SEED 2"
+CMD[workingset-l2]="$B/workingset 1 $(sc 2000000) $SEED 1"
+CMD[shortlived]="$B/shortlived $(sc 6000000) $SEED"
+CMD[randsize-1t]="$B/randsize 1 $(sc 4000000) $SEED"
+CMD[randsize-2t]="$B/randsize 2 $(sc 2000000) $SEED"
+CMD[prodcons]="$B/prodcons batch $(sc 4000000) $SEED"
+CMD[pipeline]="$B/prodcons pipeline $(sc 600000) $SEED"
+CMD[python]="PYTHONMALLOC=malloc PYTHONHASHSEED=0 $PY $PROG/work.py $(sc 20000) $SEED"
+R="bash $PROG/run.sh"
+CMD[gcc]="$R gcc $OUT/prog 0 $SEED"
+CMD[z3]="$R z3 $OUT/prog 0 $SEED"
+CMD[ruby]="$R ruby $OUT/prog $(sc 20000) $SEED"
+CMD[sqlite]="$R sqlite $OUT/prog $(sc 200000) $SEED"
+CMD[redis]="$R redis $OUT/prog $(sc 30000) $SEED"
 for w in $WORKLOADS; do [ -n "${CMD[$w]:-}" ] || die "unknown workload $w"; done
 
 # full command line for (workload, allocator); time -v appends to a file
@@ -260,6 +276,9 @@ for w in $WORKLOADS; do
     wi=$((wi + 1))
 done
 
+# the servers' peaks recorded from here on are those of the timed runs
+rm -f "$OUT"/prog/redis-server-rss.*
+
 # ------------------------------------------------ timed rounds
 for ((r = 0; r < RUNS; r++)); do
     wi=0
@@ -302,21 +321,28 @@ for k in "${!UNAVAILABLE[@]}"; do unavail+="$k=${UNAVAILABLE[$k]};"; done
     echo "# bench-preload results"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(nproc) cpus, $(uname -r); load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
-    echo "- command: BENCH_SCALE=$SCALE BENCH_RUNS=$RUNS BENCH_THREADS=$THREADS BENCH_SEED=$SEED BENCH_TIMEOUT=$TIMEOUT${SCOPEALLOC_SO:+ SCOPEALLOC_SO=$SCOPEALLOC_SO} scripts/bench-preload.sh"
+    echo "- command: BENCH_SET=$SET BENCH_SCALE=$SCALE BENCH_RUNS=$RUNS BENCH_THREADS=$THREADS BENCH_SEED=$SEED BENCH_TIMEOUT=$TIMEOUT${SCOPEALLOC_SO:+ SCOPEALLOC_SO=$SCOPEALLOC_SO} scripts/bench-preload.sh"
     echo "- scopealloc: ${SO[scopealloc]:-n/a} (git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo none)$(cd "$ROOT" && [ -n "$(git status --porcelain 2>/dev/null)" ] && echo ', dirty tree'))"
     echo "- jemalloc: $(dpkg-query -W -f '${Version}' libjemalloc2 2>/dev/null || echo '?'); mimalloc: ${SO[mimalloc]:-n/a} $(dpkg-query -W -f '${Version}' "$(dpkg -S "${SO[mimalloc]:-none}" 2>/dev/null | cut -d: -f1)" 2>/dev/null); glibc: $(ldd --version | head -n1 | awk '{print $NF}')"
     echo
-    for w in $WORKLOADS; do echo "- $w: \`${CMD[$w]#PYTHONMALLOC=malloc PYTHONHASHSEED=0 }\`$([ "$w" = python ] && echo ' (PYTHONMALLOC=malloc PYTHONHASHSEED=0)')" | sed "s#$OUT/bin/##; s#$OUT/##"; done
+    for w in $WORKLOADS; do echo "- $w: \`${CMD[$w]#PYTHONMALLOC=malloc PYTHONHASHSEED=0 }\`$([ "$w" = python ] && echo ' (PYTHONMALLOC=malloc PYTHONHASHSEED=0)')" | sed "s#$OUT/bin/##; s#$OUT/##; s#$ROOT/##g"; done
+    uses gcc && echo "- gcc compiles and links the $(ls "$OUT"/prog/gcc-src | wc -l) C files that \`bench/programs/gen.py gcc\` wrote"
+    uses z3 && echo "- z3 solves the $(grep -c check-sat "$OUT"/prog/problems.smt2) factoring problems that \`bench/programs/gen.py z3\` wrote"
+    uses redis && echo "- redis: the RSS column is the server's own VmHWM (bench/programs/run.sh), not redis-benchmark's; the glibc run preloads libc.so.6, since redis-server links libjemalloc"
     echo
-    "$PY" - "$OUT" "$RUNS" "$WORKLOADS" "$ALLOCATORS" "$failed_list" "$unavail" <<'PYEOF'
+    rss_tags=""
+    for a in "${ALLOCS[@]}"; do
+        if [ "$a" = glibc ]; then rss_tags+="glibc=glibc "; else rss_tags+="$a=$(basename "${SO[$a]}") "; fi
+    done
+    "$PY" - "$OUT" "$RUNS" "$WORKLOADS" "$ALLOCATORS" "$failed_list" "$unavail" "$rss_tags" <<'PYEOF'
 import glob, json, math, os, re, statistics, sys
-out, runs, workloads, allocators, failed, unavail = sys.argv[1:7]
+out, runs, workloads, allocators, failed, unavail, rss_tags = sys.argv[1:8]
 workloads = workloads.split()
 allocators = allocators.split()
 failed = set(failed.split())
 unavail = dict(kv.split("=", 1) for kv in unavail.split(";") if kv)
+rss_tags = dict(kv.split("=", 1) for kv in rss_tags.split())
 times = {}
-timed_fail = []
 for f in sorted(glob.glob(os.path.join(out, "json", "*.json"))):
     w = re.sub(r"\.r\d+\.json$", "", os.path.basename(f))
     for res in json.load(open(f))["results"]:
@@ -326,15 +352,25 @@ for f in sorted(glob.glob(os.path.join(out, "json", "*.json"))):
                 times.setdefault((w, a), []).append(t)
             else:
                 failed.add(f"{w}.{a}")
-                timed_fail.append(f"{w} under {a}: exit code {rc} in timed round {f.rsplit('.r', 1)[1][:-5]}")
-rss = {}
+# Peak RSS (MiB) and CPU time (user + system, s) of the timed runs, from /usr/bin/time -v.
+rss, cpu = {}, {}
 for w in workloads:
     for a in allocators:
         p = os.path.join(out, "time", f"{w}.{a}.time")
-        if os.path.exists(p):
-            v = [int(x) for x in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", open(p).read())]
-            if v:
-                rss[(w, a)] = statistics.median(v) / 1024.0
+        if not os.path.exists(p):
+            continue
+        text = open(p).read()
+        v = [int(x) for x in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", text)]
+        if w == "redis" and a in rss_tags:
+            # the server's own peak (run.sh); time -v would report redis-benchmark's if larger
+            q = os.path.join(out, "prog", "redis-server-rss." + rss_tags[a])
+            v = [int(x) for x in open(q).read().split()] if os.path.exists(q) else []
+        if v:
+            rss[(w, a)] = statistics.median(v) / 1024.0
+        us = [float(x) for x in re.findall(r"User time \(seconds\): ([\d.]+)", text)]
+        ss = [float(x) for x in re.findall(r"System time \(seconds\): ([\d.]+)", text)]
+        if us and len(us) == len(ss):
+            cpu[(w, a)] = statistics.median(u + s for u, s in zip(us, ss))
 def cell(w, a):
     if a in unavail:
         return None
@@ -342,45 +378,49 @@ def cell(w, a):
         return "FAILED"
     if (w, a) not in times:
         return None
-    return statistics.median(times[(w, a)]), rss.get((w, a))
+    return statistics.median(times[(w, a)]), rss.get((w, a)), cpu.get((w, a))
 cells = {(w, a): cell(w, a) for w in workloads for a in allocators}
-def fmt_ratio(w, a):
-    c, j = cells[(w, a)], cells.get((w, "jemalloc"))
-    if c is None:
-        return "n/a"
-    if c == "FAILED":
-        return "**FAILED**"
-    if not isinstance(j, tuple):
-        return f"{c[0]:.3f} s / {c[1]:.1f} MiB"
-    rt = c[0] / j[0]
-    rr = (c[1] / j[1]) if c[1] and j[1] else float("nan")
-    return f"{rt:.2f} / {rr:.2f}"
-print("Median wall time and median peak RSS, as ratio to jemalloc "
-      "(time ratio / RSS ratio; lower is better):")
-print()
-print("| workload | " + " | ".join(allocators) + " |")
-print("|---|" + "---|" * len(allocators))
-for w in workloads:
-    print(f"| {w} | " + " | ".join(fmt_ratio(w, a) for a in allocators) + " |")
-row = []
-for a in allocators:
-    rts, rrs = [], []
+def ratio(x, y):
+    return x / y if x and y else float("nan")
+def ratios(w, a, base):
+    c, b = cells[(w, a)], cells.get((w, base))
+    if not isinstance(c, tuple) or not isinstance(b, tuple):
+        return None
+    return tuple(ratio(c[i], b[i]) for i in range(3))
+def geo(xs):
+    xs = [x for x in xs if x == x]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
+def table(base):
+    print(f"Median wall time / median peak RSS / median CPU time (user + system), as ratios to "
+          f"{base} (lower is better):")
+    print()
+    print("| workload | " + " | ".join(allocators) + " |")
+    print("|---|" + "---|" * len(allocators))
     for w in workloads:
-        c, j = cells[(w, a)], cells.get((w, "jemalloc"))
-        if isinstance(c, tuple) and isinstance(j, tuple):
-            rts.append(c[0] / j[0])
-            if c[1] and j[1]:
-                rrs.append(c[1] / j[1])
-    if not rts:
-        row.append("n/a")
-        continue
-    gt = math.exp(sum(map(math.log, rts)) / len(rts))
-    gr = math.exp(sum(map(math.log, rrs)) / len(rrs)) if rrs else float("nan")
-    note = "" if len(rts) == len(workloads) else f" ({len(rts)}/{len(workloads)} workloads)"
-    row.append(f"{gt:.2f} / {gr:.2f}{note}")
-print("| **geomean** | " + " | ".join(row) + " |")
-print()
-print("Absolute figures (median wall time s / median peak RSS MiB; min..max time over rounds):")
+        cols = []
+        for a in allocators:
+            c, r = cells[(w, a)], ratios(w, a, base)
+            if c == "FAILED":
+                cols.append("**FAILED**")
+            elif r is None:
+                cols.append("n/a")
+            else:
+                cols.append(" / ".join(f"{x:.2f}" for x in r))
+        print(f"| {w} | " + " | ".join(cols) + " |")
+    row = []
+    for a in allocators:
+        rs = [r for r in (ratios(w, a, base) for w in workloads) if r is not None]
+        if not rs:
+            row.append("n/a")
+            continue
+        note = "" if len(rs) == len(workloads) else f" ({len(rs)}/{len(workloads)} workloads)"
+        row.append(" / ".join(f"{geo([r[i] for r in rs]):.2f}" for i in range(3)) + note)
+    print("| **geomean** | " + " | ".join(row) + " |")
+    print()
+for base in ("jemalloc", "mimalloc"):
+    if base in allocators and base not in unavail:
+        table(base)
+print("Absolute figures (median wall time s / median peak RSS MiB / median CPU s; min..max wall time over rounds):")
 print()
 print("| workload | " + " | ".join(allocators) + " |")
 print("|---|" + "---|" * len(allocators))
@@ -394,7 +434,9 @@ for w in workloads:
             cols.append("**FAILED**")
         else:
             ts = times[(w, a)]
-            cols.append(f"{c[0]:.3f} s / {c[1]:.1f} MiB ({min(ts):.3f}..{max(ts):.3f}, n={len(ts)})")
+            r = f"{c[1]:.1f}" if c[1] else "?"
+            u = f"{c[2]:.3f}" if c[2] is not None else "?"
+            cols.append(f"{c[0]:.3f} s / {r} MiB / {u} s ({min(ts):.3f}..{max(ts):.3f}, n={len(ts)})")
     print(f"| {w} | " + " | ".join(cols) + " |")
 for a, why in unavail.items():
     print(f"\n{a}: {why}")
