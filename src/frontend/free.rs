@@ -12,9 +12,9 @@
 use super::abandon::sweep_abandoned_locked;
 use super::large::free_large;
 use super::slow_paths::{count, Slow};
-use super::table::list_remove;
 use super::table::owner_table;
 use super::table::Table;
+use super::table::{list_move_to_head, list_remove};
 use super::thread_heap::tls_heap;
 use crate::backend::registry;
 use crate::backend::segment::segment_of;
@@ -142,8 +142,19 @@ pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
             count(Slow::StockDrain);
             (*t).stock.drain_to_mark(&(*(*t).scope).counter);
         }
-        if (*s).used.load(Ordering::Relaxed) == 0 && (*t).current[(*s).class as usize] != s {
-            release_slab(t, s);
+        let class = (*s).class as usize;
+        if (*s).used.load(Ordering::Relaxed) == 0 && (*t).current[class] != s {
+            // One empty slab per class stays, at the head of the list, for the next slow path:
+            // a working set that empties and refills slabs would otherwise release a slab and
+            // take a fresh one from the back end every few hundred operations. A second one
+            // is released (and `trim`, thread exit and scope close release the spare).
+            let head = (*t).lists[class];
+            if head != s && (*head).used.load(Ordering::Relaxed) == 0 && (*t).current[class] != head
+            {
+                release_slab(t, s);
+            } else {
+                list_move_to_head(t, class, s);
+            }
         }
     }
 }

@@ -392,6 +392,20 @@ pub(super) unsafe fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
     }
 }
 
+/// Moves `s` to the head of `t`'s slab list for `class`, where the next slow path looks first.
+///
+/// # Safety
+/// `t` is a live table of this thread and `s` is on its list for `class`.
+pub(super) unsafe fn list_move_to_head(t: *mut Table, class: usize, s: *mut Slab) {
+    // SAFETY: s is on t's list for class.
+    unsafe {
+        if (*t).lists[class] != s {
+            list_remove(t, class, s);
+            list_push(t, class, s);
+        }
+    }
+}
+
 /// Moves `s` to the tail of `t`'s slab list for `class` (O(1): the head's `tprev` is the tail).
 ///
 /// # Safety
