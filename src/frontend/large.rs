@@ -15,6 +15,7 @@ use crate::objects::cache::{self, CacheLookup};
 use crate::objects::protocol;
 use crate::objects::size_class::LARGE_CLASS;
 use crate::objects::slab::{free_slab_span, slab_at, Slab, KIND_HUGE, KIND_LARGE, OWNER_LARGE};
+use crate::platform::valgrind;
 use crate::sync::Ordering;
 use core::ptr::null_mut;
 
@@ -116,6 +117,7 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
             (*slab).owner.store(OWNER_LARGE, Ordering::Release);
             (*c).add_large(usable as u64, (*slab).kind == KIND_HUGE);
             (*c).refs.unlock();
+            valgrind::malloclike((*slab).start, usable, false);
             return (*slab).start;
         }
     }

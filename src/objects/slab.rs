@@ -6,6 +6,7 @@ use crate::backend::segment::{desc_at, desc_of, segment_of, Desc, Segment, DESC_
 use crate::backend::{registry, span};
 use crate::objects::cache::Cache;
 use crate::objects::protocol::{self, SlabWords};
+use crate::platform::valgrind;
 use crate::sync::remote::{self, Linked};
 use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::cell::UnsafeCell;
@@ -30,10 +31,41 @@ pub const KIND_LARGE: u8 = 2;
 /// Descriptor kind: one huge object in a mapping of its own.
 pub const KIND_HUGE: u8 = 3;
 
-/// A free object: its first word links it into a free list.
+/// A free object: its first word links it into a free list. The word is read and written only
+/// through [`Block::link`] and [`Block::set_link`], which tell Valgrind's memcheck (feature
+/// `valgrind`) that the allocator, not the program, touches the free block.
 #[repr(C)]
 pub struct Block {
-    pub next: *mut Block,
+    next: *mut Block,
+}
+
+impl Block {
+    /// The block after free block `b` in its list.
+    ///
+    /// # Safety
+    /// `b` is a free block of ours that the caller may read (it owns the list, or the slab).
+    #[inline(always)]
+    pub unsafe fn link(b: *mut Block) -> *mut Block {
+        let word = b as *const u8;
+        valgrind::make_defined(word, size_of::<Block>());
+        // SAFETY: b is a free block of ours (the contract): its first word is our link.
+        let next = unsafe { (*b).next };
+        valgrind::make_noaccess(word, size_of::<Block>());
+        next
+    }
+
+    /// Links free block `b` to `next`.
+    ///
+    /// # Safety
+    /// `b` is a free block of ours (or one being freed) that only the caller writes.
+    #[inline(always)]
+    pub unsafe fn set_link(b: *mut Block, next: *mut Block) {
+        let word = b as *const u8;
+        valgrind::make_undefined(word, size_of::<Block>());
+        // SAFETY: b is a block of ours that only the caller writes (the contract).
+        unsafe { (*b).next = next };
+        valgrind::make_noaccess(word, size_of::<Block>());
+    }
 }
 
 /// The descriptor of a span of pages: a slab of small objects of one class, or one large object.
@@ -145,11 +177,11 @@ const _: () = {
 impl Linked for Block {
     unsafe fn next(this: *mut Self) -> *mut Self {
         // SAFETY: `this` is a valid node (the trait's contract): a free block of ours.
-        unsafe { (*this).next }
+        unsafe { Block::link(this) }
     }
     unsafe fn set_next(this: *mut Self, next: *mut Self) {
         // SAFETY: `this` is a free block owned by the caller (the trait's contract).
-        unsafe { (*this).next = next }
+        unsafe { Block::set_link(this, next) }
     }
 }
 
@@ -213,11 +245,12 @@ impl Slab {
             let first = self.start.add(self.carved as usize * size);
             for i in 0..n {
                 let b = first.add(i * size) as *mut Block;
-                (*b).next = if i + 1 < n {
+                let next = if i + 1 < n {
                     first.add((i + 1) * size) as *mut Block
                 } else {
                     self.free
                 };
+                Block::set_link(b, next);
             }
             self.free = first as *mut Block;
         }
