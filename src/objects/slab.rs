@@ -268,6 +268,49 @@ impl Slab {
         unsafe { protocol::take_remote_into(&self.thread_free, &self.used, &mut self.free) }
     }
 
+    /// Hides the `start` word of a published large or huge descriptor from memcheck's leak
+    /// scan (feature `valgrind`): memcheck scans all of our mappings for pointers, and this word
+    /// points at the object, so a leaked large object would read as reachable. The word keeps
+    /// its value; memcheck only holds it undefined, so a scan skips it. Until
+    /// [`Slab::reveal_start`], read it only through [`Slab::hidden_start`].
+    ///
+    /// # Safety
+    /// `s` is a live descriptor of a large or huge object.
+    #[inline(always)]
+    pub unsafe fn hide_start(s: *mut Slab) {
+        // SAFETY: s is a live descriptor (the contract); only its address is taken.
+        let word = unsafe { &raw const (*s).start } as *const u8;
+        valgrind::make_undefined(word, size_of::<*mut u8>());
+    }
+
+    /// Undoes [`Slab::hide_start`] when the object is released (or was never published).
+    ///
+    /// # Safety
+    /// `s` is a live descriptor of a large or huge object that nobody else reads any more.
+    #[inline(always)]
+    pub unsafe fn reveal_start(s: *mut Slab) {
+        // SAFETY: s is a live descriptor (the contract); only its address is taken.
+        let word = unsafe { &raw const (*s).start } as *const u8;
+        valgrind::make_defined(word, size_of::<*mut u8>());
+    }
+
+    /// The `start` of a published large or huge descriptor, whose word is hidden
+    /// ([`Slab::hide_start`]), and hidden again after the read.
+    ///
+    /// # Safety
+    /// `s` is a descriptor of a mapped segment of ours of kind `KIND_LARGE` or `KIND_HUGE`.
+    #[inline(always)]
+    pub unsafe fn hidden_start(s: *const Slab) -> *mut u8 {
+        // SAFETY: s is mapped (the contract).
+        unsafe {
+            let word = &raw const (*s).start as *const u8;
+            valgrind::make_defined(word, size_of::<*mut u8>());
+            let start = (*s).start;
+            valgrind::make_undefined(word, size_of::<*mut u8>());
+            start
+        }
+    }
+
     /// Marks the descriptor free (describes nothing) before its span goes back.
     pub fn mark_free(&mut self) {
         self.kind = KIND_FREE;
@@ -324,7 +367,7 @@ pub unsafe fn in_span(s: *const Slab, p: *const u8, exact: bool) -> bool {
                 off < (*s).capacity as usize * (*s).block_size as usize
                     && (!exact || off.is_multiple_of((*s).block_size as usize))
             }
-            KIND_LARGE | KIND_HUGE => core::ptr::eq(p, (*s).start),
+            KIND_LARGE | KIND_HUGE => core::ptr::eq(p, Slab::hidden_start(s)),
             _ => false,
         }
     }
