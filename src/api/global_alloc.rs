@@ -5,6 +5,7 @@ use crate::frontend::{alloc, free, large, thread_heap};
 use crate::objects::scope;
 use crate::objects::size_class::{class_for, class_of, MAX_SMALL};
 use crate::objects::slab::{slab_of, Slab, KIND_SMALL};
+use crate::platform::valgrind;
 use core::alloc::{GlobalAlloc, Layout};
 
 /// The allocator. Install it with `#[global_allocator]`, or call it directly through
@@ -72,6 +73,9 @@ pub(super) unsafe fn zero_new(p: *mut u8, size: usize) {
         let s = slab_of(p);
         if (*s).kind == KIND_SMALL || !(*s).zeroed {
             core::ptr::write_bytes(p, 0, size);
+        } else {
+            // Memcheck was told the block is undefined (`frontend::large`); it reads as zero.
+            valgrind::make_defined(p, size);
         }
     }
 }

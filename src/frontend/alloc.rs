@@ -12,6 +12,7 @@ use super::table::Table;
 use super::thread_heap::tls_table;
 use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{Block, Slab};
+use crate::platform::valgrind;
 use crate::sync::Ordering;
 
 // ---------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
     // `used`, `allocs` and the stock; b is the head of s's free list, a free block of s.
     unsafe {
         debug_assert!((*t).stock.avail >= size);
-        (*s).free = (*b).next;
+        (*s).free = Block::link(b);
         // Owner-only counters, read by statistics: `allocs` first, so that a reader (which loads
         // `allocs` before `used`) never sees more objects than allocations. Relaxed: the reader
         // clamps to that invariant on weakly ordered machines (see `objects::stats`).
@@ -59,6 +60,7 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
         (*s).used
             .store((*s).used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         (*t).stock.avail -= size;
+        valgrind::malloclike(b as *const u8, size as usize, false);
         b as *mut u8
     }
 }

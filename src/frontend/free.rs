@@ -23,7 +23,7 @@ use crate::objects::protocol::{self, NotOwnedFree};
 use crate::objects::slab::{
     free_slab_span, in_span, slab_of, Block, Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL,
 };
-use crate::platform::os;
+use crate::platform::{os, valgrind};
 use crate::sync::Ordering;
 
 // ---------------------------------------------------------------------------------------------
@@ -119,8 +119,9 @@ unsafe fn free_local(s: *mut Slab, p: *mut u8) {
             (p as usize - (*s).start as usize).is_multiple_of((*s).block_size as usize),
             "free of a pointer inside a block"
         );
+        valgrind::freelike(p);
         let b = p as *mut Block;
-        (*b).next = (*s).free;
+        Block::set_link(b, (*s).free);
         (*s).free = b;
         let used = (*s).used.load(Ordering::Relaxed) - 1;
         (*s).used.store(used, Ordering::Relaxed);
@@ -180,6 +181,7 @@ pub(super) unsafe fn release_slab(t: *mut Table, s: *mut Slab) {
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
+    valgrind::freelike(p);
     // SAFETY: p is a live object of ours (caller's guarantee).
     unsafe {
         match (*s).kind {
@@ -210,7 +212,7 @@ pub(super) unsafe fn free_abandoned_locked(s: *mut Slab, p: *mut u8) {
     unsafe {
         let c = (*s).cache;
         let b = p as *mut Block;
-        (*b).next = (*s).free;
+        Block::set_link(b, (*s).free);
         (*s).free = b;
         (*s).used
             .store((*s).used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
@@ -238,7 +240,7 @@ pub unsafe fn is_double_free(p: *const u8) -> bool {
                     if b as *const u8 == p {
                         return true;
                     }
-                    b = (*b).next;
+                    b = Block::link(b);
                     n += 1;
                 }
                 false

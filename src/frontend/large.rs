@@ -16,6 +16,7 @@ use crate::objects::cache::{self, CacheLookup};
 use crate::objects::protocol;
 use crate::objects::size_class::LARGE_CLASS;
 use crate::objects::slab::{free_slab_span, slab_at, Slab, KIND_HUGE, KIND_LARGE, OWNER_LARGE};
+use crate::platform::valgrind;
 use crate::sync::Ordering;
 use core::ptr::null_mut;
 
@@ -118,7 +119,10 @@ pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
             (*slab).owner.store(OWNER_LARGE, Ordering::Release);
             (*c).add_large(usable as u64, (*slab).kind == KIND_HUGE);
             (*c).refs.unlock();
-            return (*slab).start;
+            let p = (*slab).start;
+            Slab::hide_start(slab);
+            valgrind::malloclike(p, usable, false);
+            return p;
         }
     }
 }
@@ -145,6 +149,7 @@ pub unsafe fn large_usable(s: *const Slab) -> usize {
 unsafe fn release_large_memory(s: *mut Slab) {
     // SAFETY: per the contract; a huge object's start lies in its own mapping's first segment.
     unsafe {
+        Slab::reveal_start(s);
         if (*s).kind == KIND_HUGE {
             let seg = segment_of((*s).start);
             (*s).mark_free();

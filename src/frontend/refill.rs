@@ -18,6 +18,7 @@ use crate::objects::protocol;
 use crate::objects::scope;
 use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{slab_at, Slab, KIND_SMALL};
+use crate::platform::valgrind;
 use crate::sync::remote::remote_is_empty;
 use crate::sync::Ordering;
 use core::ptr::null_mut;
@@ -248,6 +249,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
         (*s).start = (span.seg as *mut u8).add(span.idx * PAGE_SIZE);
         (*s).npages = npages as u32;
         (*s).page_idx = span.idx as u32;
+        valgrind::make_noaccess((*s).start, npages * PAGE_SIZE);
         (*s).anext = null_mut();
         (*s).aprev = null_mut();
         // Publishes the descriptor written above to the frees of other threads, which load

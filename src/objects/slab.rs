@@ -6,6 +6,7 @@ use crate::backend::segment::{desc_at, desc_of, segment_of, Desc, Segment, DESC_
 use crate::backend::{registry, span};
 use crate::objects::cache::Cache;
 use crate::objects::protocol::{self, SlabWords};
+use crate::platform::valgrind;
 use crate::sync::remote::{self, Linked};
 use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::cell::UnsafeCell;
@@ -30,10 +31,41 @@ pub const KIND_LARGE: u8 = 2;
 /// Descriptor kind: one huge object in a mapping of its own.
 pub const KIND_HUGE: u8 = 3;
 
-/// A free object: its first word links it into a free list.
+/// A free object: its first word links it into a free list. The word is read and written only
+/// through [`Block::link`] and [`Block::set_link`], which tell Valgrind's memcheck (feature
+/// `valgrind`) that the allocator, not the program, touches the free block.
 #[repr(C)]
 pub struct Block {
-    pub next: *mut Block,
+    next: *mut Block,
+}
+
+impl Block {
+    /// The block after free block `b` in its list.
+    ///
+    /// # Safety
+    /// `b` is a free block of ours that the caller may read (it owns the list, or the slab).
+    #[inline(always)]
+    pub unsafe fn link(b: *mut Block) -> *mut Block {
+        let word = b as *const u8;
+        valgrind::make_defined(word, size_of::<Block>());
+        // SAFETY: b is a free block of ours (the contract): its first word is our link.
+        let next = unsafe { (*b).next };
+        valgrind::make_noaccess(word, size_of::<Block>());
+        next
+    }
+
+    /// Links free block `b` to `next`.
+    ///
+    /// # Safety
+    /// `b` is a free block of ours (or one being freed) that only the caller writes.
+    #[inline(always)]
+    pub unsafe fn set_link(b: *mut Block, next: *mut Block) {
+        let word = b as *const u8;
+        valgrind::make_undefined(word, size_of::<Block>());
+        // SAFETY: b is a block of ours that only the caller writes (the contract).
+        unsafe { (*b).next = next };
+        valgrind::make_noaccess(word, size_of::<Block>());
+    }
 }
 
 /// The descriptor of a span of pages: a slab of small objects of one class, or one large object.
@@ -149,11 +181,11 @@ const _: () = {
 impl Linked for Block {
     unsafe fn next(this: *mut Self) -> *mut Self {
         // SAFETY: `this` is a valid node (the trait's contract): a free block of ours.
-        unsafe { (*this).next }
+        unsafe { Block::link(this) }
     }
     unsafe fn set_next(this: *mut Self, next: *mut Self) {
         // SAFETY: `this` is a free block owned by the caller (the trait's contract).
-        unsafe { (*this).next = next }
+        unsafe { Block::set_link(this, next) }
     }
 }
 
@@ -217,11 +249,12 @@ impl Slab {
             let first = self.start.add(self.carved as usize * size);
             for i in 0..n {
                 let b = first.add(i * size) as *mut Block;
-                (*b).next = if i + 1 < n {
+                let next = if i + 1 < n {
                     first.add((i + 1) * size) as *mut Block
                 } else {
                     self.free
                 };
+                Block::set_link(b, next);
             }
             self.free = first as *mut Block;
         }
@@ -237,6 +270,49 @@ impl Slab {
         // SAFETY: the caller owns the slab (the contract), so it is the list's only taker and
         // the only writer of `free` and `used`.
         unsafe { protocol::take_remote_into(&self.thread_free, &self.used, &mut self.free) }
+    }
+
+    /// Hides the `start` word of a published large or huge descriptor from memcheck's leak
+    /// scan (feature `valgrind`): memcheck scans all of our mappings for pointers, and this word
+    /// points at the object, so a leaked large object would read as reachable. The word keeps
+    /// its value; memcheck only holds it undefined, so a scan skips it. Until
+    /// [`Slab::reveal_start`], read it only through [`Slab::hidden_start`].
+    ///
+    /// # Safety
+    /// `s` is a live descriptor of a large or huge object.
+    #[inline(always)]
+    pub unsafe fn hide_start(s: *mut Slab) {
+        // SAFETY: s is a live descriptor (the contract); only its address is taken.
+        let word = unsafe { &raw const (*s).start } as *const u8;
+        valgrind::make_undefined(word, size_of::<*mut u8>());
+    }
+
+    /// Undoes [`Slab::hide_start`] when the object is released (or was never published).
+    ///
+    /// # Safety
+    /// `s` is a live descriptor of a large or huge object that nobody else reads any more.
+    #[inline(always)]
+    pub unsafe fn reveal_start(s: *mut Slab) {
+        // SAFETY: s is a live descriptor (the contract); only its address is taken.
+        let word = unsafe { &raw const (*s).start } as *const u8;
+        valgrind::make_defined(word, size_of::<*mut u8>());
+    }
+
+    /// The `start` of a published large or huge descriptor, whose word is hidden
+    /// ([`Slab::hide_start`]), and hidden again after the read.
+    ///
+    /// # Safety
+    /// `s` is a descriptor of a mapped segment of ours of kind `KIND_LARGE` or `KIND_HUGE`.
+    #[inline(always)]
+    pub unsafe fn hidden_start(s: *const Slab) -> *mut u8 {
+        // SAFETY: s is mapped (the contract).
+        unsafe {
+            let word = &raw const (*s).start as *const u8;
+            valgrind::make_defined(word, size_of::<*mut u8>());
+            let start = (*s).start;
+            valgrind::make_undefined(word, size_of::<*mut u8>());
+            start
+        }
     }
 
     /// Marks the descriptor free (describes nothing) before its span goes back.
@@ -295,7 +371,7 @@ pub unsafe fn in_span(s: *const Slab, p: *const u8, exact: bool) -> bool {
                 off < (*s).capacity as usize * (*s).block_size as usize
                     && (!exact || off.is_multiple_of((*s).block_size as usize))
             }
-            KIND_LARGE | KIND_HUGE => core::ptr::eq(p, (*s).start),
+            KIND_LARGE | KIND_HUGE => core::ptr::eq(p, Slab::hidden_start(s)),
             _ => false,
         }
     }
