@@ -8,13 +8,14 @@
 //! elsewhere. Needs `cc`, `python3`, `git` and coreutils.
 #![cfg(not(loom))]
 
+#[path = "common/clib.rs"]
+mod clib;
+
+use clib::{cargo_in, check, root};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn scratch() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi")
@@ -30,28 +31,11 @@ fn lib_dir() -> &'static Path {
             return so.parent().unwrap().canonicalize().unwrap();
         }
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-build");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "-p", "scopealloc-ffi", "--release"])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(root())
-            .output()
-            .expect("run cargo");
-        check(&out, "cargo build -p scopealloc-ffi --release");
+        cargo_in(&target, &["build", "-p", "scopealloc-ffi", "--release"]);
         let dir = target.join("release");
         assert!(dir.join("libscopealloc.so").is_file());
         dir
     })
-}
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Compiles `source` (relative to the repository) against the library; returns the program.

@@ -18,14 +18,15 @@
 //!   (`scopealloc: fatal`, a Rust panic).
 #![cfg(not(loom))]
 
+#[path = "common/clib.rs"]
+mod clib;
+
+use clib::{cargo_in, check, root};
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn scratch() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-faults")
@@ -36,37 +37,20 @@ fn lib_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-faults-build");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
+        cargo_in(
+            &target,
+            &[
                 "build",
                 "-p",
                 "scopealloc-ffi",
                 "--features",
                 "fault-injection",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(root())
-            .output()
-            .expect("run cargo");
-        check(
-            &out,
-            "cargo build -p scopealloc-ffi --features fault-injection",
+            ],
         );
         let dir = target.join("debug");
         assert!(dir.join("libscopealloc.so").is_file());
         dir
     })
-}
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Compiles `source` against the library (`shared`: as a shared library); returns the output.

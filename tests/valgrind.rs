@@ -15,13 +15,13 @@
 //! run (default 3) and `VALGRIND_CLEAN_SEED` seeds it (printed).
 #![cfg(not(loom))]
 
+#[path = "common/clib.rs"]
+mod clib;
+
+use clib::{cargo_in, check, root};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("valgrind-build")
@@ -47,30 +47,12 @@ fn have_valgrind() -> bool {
     found
 }
 
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The nested cargo builds run one at a time (they share a target directory).
 static CARGO: Mutex<()> = Mutex::new(());
 
 fn cargo(args: &[&str]) -> Output {
     let _one = CARGO.lock().unwrap_or_else(|e| e.into_inner());
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(args)
-        .env("CARGO_TARGET_DIR", build_dir())
-        .current_dir(root())
-        .output()
-        .expect("run cargo");
-    check(&out, &format!("cargo {}", args.join(" ")));
-    out
+    cargo_in(&build_dir(), args)
 }
 
 /// The directory holding the annotated `libscopealloc.so`, built once for the tests here.

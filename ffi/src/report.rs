@@ -200,28 +200,14 @@ pub fn print_to(fd: &mut dyn Sink) {
     fd.put(line.as_bytes());
 
     let h = scopealloc::heap_stats();
-    let mut line = Line::new();
-    line.bytes(PREFIX).bytes(b"heap:");
-    for (i, (name, v)) in [
-        (&b"mapped"[..], h.mapped),
-        (b"committed", h.committed),
-        (b"in use", h.in_use),
-        (b"cached", h.cached),
-        (b"returned", h.returned),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        line.bytes(if i == 0 { b" " } else { b", " })
-            .bytes(name)
-            .byte(b' ')
-            .u64(v as u64)
-            .bytes(b" (")
-            .size(v as u64)
-            .byte(b')');
-    }
-    line.byte(b'\n');
-    fd.put(line.as_bytes());
+    let heap = [
+        (&b"mapped"[..], h.mapped as u64),
+        (b"committed", h.committed as u64),
+        (b"in use", h.in_use as u64),
+        (b"cached", h.cached as u64),
+        (b"returned", h.returned as u64),
+    ];
+    fd.put(named_values(b"heap:", &heap, true).as_bytes());
 
     let g = scopealloc::global_stats();
     let mut line = Line::new();
@@ -240,9 +226,7 @@ pub fn print_to(fd: &mut dyn Sink) {
     fd.put(line.as_bytes());
 
     let sp = scopealloc::slow_paths();
-    let mut line = Line::new();
-    line.bytes(PREFIX).bytes(b"slow paths:");
-    for (i, (name, v)) in [
+    let slow = [
         (&b"malloc"[..], sp.malloc_slow),
         (b"stock refills", sp.stock_refills),
         (b"remote taken", sp.remote_taken),
@@ -258,19 +242,28 @@ pub fn print_to(fd: &mut dyn Sink) {
         (b"large allocs", sp.large_allocs),
         (b"large frees", sp.large_frees),
         (b"maintenance", sp.maintenance),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    fd.put(named_values(b"slow paths:", &slow, false).as_bytes());
+
+    print_tree(fd, &Scope::root(), 0);
+}
+
+/// One line `scopealloc: LABEL name value, name value, ...`; with `sizes`, each value is also
+/// given in human units (`mapped 11538432 (11.0 MiB)`).
+fn named_values(label: &[u8], values: &[(&[u8], u64)], sizes: bool) -> Line {
+    let mut line = Line::new();
+    line.bytes(PREFIX).bytes(label);
+    for (i, &(name, v)) in values.iter().enumerate() {
         line.bytes(if i == 0 { b" " } else { b", " })
             .bytes(name)
             .byte(b' ')
             .u64(v);
+        if sizes {
+            line.bytes(b" (").size(v).byte(b')');
+        }
     }
     line.byte(b'\n');
-    fd.put(line.as_bytes());
-
-    print_tree(fd, &Scope::root(), 0);
+    line
 }
 
 /// One line for `scope`, then its open children, depth first.
