@@ -156,7 +156,7 @@ if want python; then
     export PYTHONMALLOC=malloc
     result_of() { grep -m1 -E '^(Result|== Tests result):' "$WORK/$1.out" | sed 's/^== Tests result: //; s/ ==$//; s/^Result: //'; }
     for t in $PY_TESTS; do
-        if ! "$PY" -c "import test.$t" 2>/dev/null; then
+        if ! "$PY" -c "import test.$t" >/dev/null 2>&1; then
             echo "skip - python-$t (module not available)"
             continue
         fi
