@@ -233,8 +233,13 @@ static void task(uint64_t *s) {
         fail("task scope: allocs %llu - frees %llu != %d live objects", (unsigned long long)st.allocs,
              (unsigned long long)st.frees, n);
     int close_early = next(s) % 2;
+    uint64_t handed = 0, handed_bytes = 0;
     for (int i = 0; i < n; i++)
-        if (next(s) % 3 == 0) swap_into_exchange(&batch[i], s);
+        if (next(s) % 3 == 0) {
+            handed++;
+            handed_bytes += batch[i].usable;
+            swap_into_exchange(&batch[i], s);
+        }
     if (close_early) {
         scopealloc_close(sc);
         if (scopealloc_is_closed(sc) != 1) fail("scope not closed after scopealloc_close");
@@ -245,8 +250,13 @@ static void task(uint64_t *s) {
     }
     for (int i = 0; i < n; i++) obj_free(&batch[i], 1, "task");
     if (!close_early) {
+        /* Only the objects handed to the exchange can still be charged here (other threads may
+         * be freeing them now, which only lowers the figures). */
         st = stats_of(sc);
-        if (st.self_objects > (uint64_t)n) fail("task scope: %llu self objects", (unsigned long long)st.self_objects);
+        if (st.self_objects > handed || st.self_bytes > handed_bytes)
+            fail("task scope after its frees: %llu objects, %llu bytes; at most %llu objects, %llu bytes were handed out",
+                 (unsigned long long)st.self_objects, (unsigned long long)st.self_bytes,
+                 (unsigned long long)handed, (unsigned long long)handed_bytes);
     }
     scopealloc_scope_release(sc);
     atomic_fetch_add(&n_tasks, 1);
