@@ -50,7 +50,9 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
     // `used`, `allocs` and the stock; b is the head of s's free list, a free block of s.
     unsafe {
         debug_assert!((*t).stock.avail >= size);
-        (*s).free = (*b).next;
+        (*s).free = Block::next(b);
+        #[cfg(feature = "secure")]
+        crate::objects::free_list::mark_live(b);
         // Owner-only counters, read by statistics: `allocs` first, so that a reader (which loads
         // `allocs` before `used`) never sees more objects than allocations. Relaxed: the reader
         // clamps to that invariant on weakly ordered machines (see `objects::stats`).

@@ -30,10 +30,53 @@ pub const KIND_LARGE: u8 = 2;
 /// Descriptor kind: one huge object in a mapping of its own.
 pub const KIND_HUGE: u8 = 3;
 
-/// A free object: its first word links it into a free list.
+/// A free object: its first word links it into a free list (read and written only through
+/// [`Block::next`] and [`Block::set_next`]; the secure build encodes it and tags the block free
+/// in its second word, see `objects::free_list`).
 #[repr(C)]
 pub struct Block {
-    pub next: *mut Block,
+    pub(super) next: *mut Block,
+    #[cfg(feature = "secure")]
+    pub(super) tag: u64,
+}
+
+impl Block {
+    /// The block after free block `b` on its list (null at the end). The secure build aborts with
+    /// one line if the link was overwritten.
+    ///
+    /// # Safety
+    /// `b` is a free block of a small slab of ours, on a list the caller may read.
+    #[inline(always)]
+    pub unsafe fn next(b: *mut Block) -> *mut Block {
+        #[cfg(not(feature = "secure"))]
+        // SAFETY: b is a readable free block (the contract).
+        unsafe {
+            (*b).next
+        }
+        #[cfg(feature = "secure")]
+        // SAFETY: the contract is free_list::next's.
+        unsafe {
+            super::free_list::next(b)
+        }
+    }
+
+    /// Links free block `b` to `next` (null or a free block of the same slab).
+    ///
+    /// # Safety
+    /// `b` is a block of a small slab of ours, not live, on a list the caller may write.
+    #[inline(always)]
+    pub unsafe fn set_next(b: *mut Block, next: *mut Block) {
+        #[cfg(not(feature = "secure"))]
+        // SAFETY: b is a writable free block (the contract).
+        unsafe {
+            (*b).next = next
+        }
+        #[cfg(feature = "secure")]
+        // SAFETY: the contract is free_list::set_next's.
+        unsafe {
+            super::free_list::set_next(b, next)
+        }
+    }
 }
 
 /// The descriptor of a span of pages: a slab of small objects of one class, or one large object.
@@ -149,11 +192,11 @@ const _: () = {
 impl Linked for Block {
     unsafe fn next(this: *mut Self) -> *mut Self {
         // SAFETY: `this` is a valid node (the trait's contract): a free block of ours.
-        unsafe { (*this).next }
+        unsafe { Block::next(this) }
     }
     unsafe fn set_next(this: *mut Self, next: *mut Self) {
         // SAFETY: `this` is a free block owned by the caller (the trait's contract).
-        unsafe { (*this).next = next }
+        unsafe { Block::set_next(this, next) }
     }
 }
 
@@ -200,6 +243,8 @@ pub unsafe fn slab_at(seg: *mut Segment, idx: usize) -> *mut Slab {
 /// Carve at most this many bytes of new objects into a slab's free list at a time, so that a
 /// slab's untouched part stays uncommitted.
 const EXTEND_BYTES: usize = 4096;
+#[cfg(feature = "secure")]
+const _: () = assert!(EXTEND_BYTES / 16 <= super::free_list::CARVE_MAX);
 
 impl Slab {
     /// Carves up to `EXTEND_BYTES` (at least 4 objects) of never-used objects onto the free
@@ -212,16 +257,24 @@ impl Slab {
         let size = self.block_size as usize;
         let n = ((EXTEND_BYTES / size).max(4) as u32).min(self.capacity - self.carved) as usize;
         // SAFETY: objects carved..carved+n lie inside the slab's span (carved + n <= capacity),
-        // and were never handed out: nobody else touches them.
+        // and were never handed out: nobody else touches them; n <= EXTEND_BYTES / 16.
+        #[cfg(feature = "secure")]
+        unsafe {
+            let first = self.start.add(self.carved as usize * size);
+            self.free = super::free_list::carve(first, size, n, self.free);
+        }
+        // SAFETY: as above.
+        #[cfg(not(feature = "secure"))]
         unsafe {
             let first = self.start.add(self.carved as usize * size);
             for i in 0..n {
                 let b = first.add(i * size) as *mut Block;
-                (*b).next = if i + 1 < n {
+                let next = if i + 1 < n {
                     first.add((i + 1) * size) as *mut Block
                 } else {
                     self.free
                 };
+                Block::set_next(b, next);
             }
             self.free = first as *mut Block;
         }
