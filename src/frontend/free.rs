@@ -143,7 +143,8 @@ unsafe fn check_small_free(s: *const Slab, p: *mut u8, off: usize) {
     // SAFETY: s is a mapped small slab and p one of its blocks' bytes (the contract); the
     // block's first 16 bytes are readable (every block has at least 16 in this build).
     unsafe {
-        if !off.is_multiple_of((*s).block_size as usize) {
+        // off < the slab's bytes (at most a few pages), so it fits the 32-bit check.
+        if !crate::objects::size_class::is_multiple_of_class(off as u32, (*s).class as usize) {
             os::fatal_at(
                 b"free(): invalid pointer",
                 p as usize,
