@@ -9,7 +9,7 @@
 //! `key` is the random key of b's segment (`backend::segment::Segment::key`, from `getrandom`
 //! when the segment is mapped); `key'` is it rotated and mixed with a constant. A link overwritten
 //! by the program (a write after free, an overflow from the block before) decodes to an address
-//! that is not a 16-byte aligned address of the same segment with overwhelming probability (the
+//! that is not an 8-byte aligned address of the same segment with overwhelming probability (the
 //! attacker does not know the key): the decode aborts with one line instead of following it.
 //! A free of a block whose word 1 is its tag is a double free (the program's data equals the tag
 //! with probability 2^-64), whatever happened in between, and from whichever thread.
@@ -23,6 +23,10 @@
 use super::slab::Block;
 use crate::backend::segment::segment_of;
 use crate::platform::os;
+
+/// Every block is at least this aligned (the Rust path's classes are multiples of 8 bytes; the
+/// C library's of 16).
+const BLOCK_ALIGN: usize = core::mem::align_of::<Block>();
 
 /// Mixed into the tag so that a tag is never a link's encoding of the same block.
 const TAG_SALT: u64 = 0x5ca1_ab1e_f4ee_b10c;
@@ -62,7 +66,7 @@ pub unsafe fn set_next(b: *mut Block, next: *mut Block) {
     }
 }
 
-/// Decodes `b`'s link; aborts with one line if it is not null or a 16-byte aligned address of
+/// Decodes `b`'s link; aborts with one line if it is not null or an 8-byte aligned address of
 /// `b`'s segment (the link was overwritten).
 ///
 /// # Safety
@@ -72,7 +76,7 @@ pub unsafe fn next(b: *mut Block) -> *mut Block {
     // SAFETY: b is a readable block of ours (the contract).
     let next = unsafe { (*b).next as usize ^ key(b) as usize ^ b as usize };
     let same_segment = segment_of(next as *const u8) == segment_of(b as *const u8);
-    if next != 0 && (!same_segment || next & 15 != 0) {
+    if next != 0 && (!same_segment || next % BLOCK_ALIGN != 0) {
         corrupt_link(b);
     }
     next as *mut Block
