@@ -205,8 +205,9 @@ fn new_segment() -> *mut Segment {
     #[cfg(feature = "secure")]
     // SAFETY: as above; no slab of this segment exists yet, so no link was encoded with the key.
     unsafe {
-        (*seg).key = os::random_u64()
-    };
+        (*seg).key = os::random_u64();
+        (*seg).tag_key = os::random_u64();
+    }
     // Fresh pages are clean: account them as "purged" so that taking them is symmetric.
     os::PURGED.fetch_add(SEGMENT_SIZE - PAGE_SIZE, Ordering::Relaxed);
     registry::set(seg, true);

@@ -3,11 +3,12 @@
 //!
 //! ```text
 //!  free block b:  word 0 = next ^ key ^ b        (the link, encoded: mimalloc's secure mode)
-//!                 word 1 = tag(b) = key' ^ b     (set while b is on a list: a double-free mark)
+//!                 word 1 = tag_key ^ b           (set while b is on a list: a double-free mark)
 //!  live block b:  word 1 cleared when b is handed out (pop), then the program's data
 //! ```
-//! `key` is the random key of b's segment (`backend::segment::Segment::key`, from `getrandom`
-//! when the segment is mapped); `key'` is it rotated and mixed with a constant. A link overwritten
+//! `key` and `tag_key` are two independent random keys of b's segment
+//! (`backend::segment::Segment::{key, tag_key}`, from `getrandom` when the segment is mapped), so
+//! that a tag read from a freed block (a read after free) reveals nothing about `key`. A link overwritten
 //! by the program (a write after free, an overflow from the block before) decodes to an address
 //! that is not an 8-byte aligned address of the same segment with overwhelming probability (the
 //! attacker does not know the key): the decode aborts with one line instead of following it.
@@ -28,9 +29,6 @@ use crate::platform::os;
 /// C library's of 16).
 const BLOCK_ALIGN: usize = core::mem::align_of::<Block>();
 
-/// Mixed into the tag so that a tag is never a link's encoding of the same block.
-const TAG_SALT: u64 = 0x5ca1_ab1e_f4ee_b10c;
-
 /// The key of `b`'s segment.
 ///
 /// # Safety
@@ -48,8 +46,8 @@ unsafe fn key(b: *const Block) -> u64 {
 /// As [`key`].
 #[inline(always)]
 unsafe fn tag(b: *const Block) -> u64 {
-    // SAFETY: the contract is key's.
-    unsafe { key(b).rotate_left(29) ^ TAG_SALT ^ b as u64 }
+    // SAFETY: as key's: b's segment header is mapped (the contract).
+    unsafe { (*segment_of(b.cast())).tag_key ^ b as u64 }
 }
 
 /// Writes `next` (null or a block of the same slab) as `b`'s encoded link, and tags `b` free.
