@@ -24,8 +24,11 @@
 #                          shortlived randsize-1t randsize-2t prodcons pipeline;
 #                          of the set "programs": python gcc z3 ruby sqlite redis
 #   BENCH_ALLOCATORS="..." subset of: glibc jemalloc mimalloc scopealloc
+#                          scopealloc-secure (not in the default set)
 #   BENCH_OUT=DIR          work/output dir (default: $TMPDIR/scopealloc-bench-preload)
 #   SCOPEALLOC_SO=PATH     use this libscopealloc.so instead of building it
+#   SCOPEALLOC_SECURE_SO=PATH  the scopealloc-secure contender (default:
+#                          $CARGO_TARGET_DIR/release/libscopealloc_secure.so, not built here)
 #   CARGO_TARGET_DIR       honoured when building libscopealloc.so
 #
 # Results: stdout and $BENCH_OUT/results.md; failures (crash, hang, wrong
@@ -151,6 +154,12 @@ if [[ " $ALLOCATORS " == *" scopealloc "* ]]; then
     fi
 fi
 
+if [[ " $ALLOCATORS " == *" scopealloc-secure "* ]]; then
+    tgt=${CARGO_TARGET_DIR:-$ROOT/target}
+    case "$tgt" in /*) ;; *) tgt="$ROOT/$tgt" ;; esac
+    SO[scopealloc-secure]=$(readlink -f "${SCOPEALLOC_SECURE_SO:-$tgt/release/libscopealloc_secure.so}")
+fi
+
 # probe: which object does the process's malloc family resolve to?
 cat >"$OUT/probe.c" <<'CEOF'
 #define _GNU_SOURCE
@@ -182,7 +191,7 @@ declare -A UNAVAILABLE=()
 for a in $ALLOCATORS; do
     case $a in
     glibc) ALLOCS+=(glibc) ;;
-    jemalloc|mimalloc|scopealloc)
+    jemalloc|mimalloc|scopealloc|scopealloc-secure)
         if [ -n "${SO[$a]:-}" ] && [ -e "${SO[$a]}" ] && ! interposes "${SO[$a]}"; then
             probe_out=$(timeout -k 5 "$TIMEOUT" env LD_PRELOAD="${SO[$a]}" "$OUT/probe" 2>&1); probe_rc=$?
             if [ $probe_rc != 0 ]; then

@@ -39,8 +39,15 @@ impl ScopeAlloc {
     }
 }
 
+/// Secure build: the smallest block, so that a free block holds its encoded link and its
+/// free tag (`objects::free_list`).
+#[cfg(feature = "secure")]
+const SECURE_MIN_BLOCK: usize = 16;
+
 #[inline(always)]
 pub(super) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    #[cfg(feature = "secure")]
+    let size = size.max(SECURE_MIN_BLOCK);
     if align <= 8 && size <= MAX_SMALL {
         // SAFETY: class_of returns a class < NCLASSES for size <= MAX_SMALL.
         return unsafe { alloc::alloc_small(class_of(size)) };

@@ -65,6 +65,14 @@ pub struct Segment {
     /// Huge mappings: where the mapping starts and how long it is.
     pub(super) map_base: *mut u8,
     pub(super) map_len: usize,
+    /// Secure build: the random key that encodes the free-list links of this segment's slabs
+    /// (`objects::free_list`). Written once when the segment is mapped, before any slab exists.
+    #[cfg(feature = "secure")]
+    pub key: u64,
+    /// Secure build: a second random key, for the free tags of its blocks (independent of
+    /// `key`, so that a tag read from a freed block tells nothing about `key`).
+    #[cfg(feature = "secure")]
+    pub tag_key: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);

@@ -202,6 +202,12 @@ fn new_segment() -> *mut Segment {
     // SAFETY: the mapping is fresh, zeroed and ours alone; all-zero is a valid header (every
     // descriptor zero, no list links) except for the free mask set here.
     unsafe { (*seg).free_mask = !HEADER_BIT };
+    #[cfg(feature = "secure")]
+    // SAFETY: as above; no slab of this segment exists yet, so no link was encoded with the key.
+    unsafe {
+        (*seg).key = os::random_u64();
+        (*seg).tag_key = os::random_u64();
+    }
     // Fresh pages are clean: account them as "purged" so that taking them is symmetric.
     os::PURGED.fetch_add(SEGMENT_SIZE - PAGE_SIZE, Ordering::Relaxed);
     registry::set(seg, true);

@@ -61,6 +61,8 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
             .store((*s).used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         (*t).stock.avail -= size;
         valgrind::malloclike(b as *const u8, size as usize, false);
+        #[cfg(feature = "secure")]
+        crate::objects::free_list::mark_live(b);
         b as *mut u8
     }
 }

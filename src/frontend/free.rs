@@ -34,6 +34,7 @@ use crate::sync::Ordering;
 /// # Safety
 /// `p` is a live object of this allocator.
 #[inline(always)]
+#[cfg(not(feature = "secure"))]
 pub unsafe fn free(p: *mut u8) {
     // SAFETY: p is a live object of ours (the contract), so its segment header and slab
     // descriptor are mapped and describe it.
@@ -44,6 +45,25 @@ pub unsafe fn free(p: *mut u8) {
             return;
         }
         free_slow(s, p);
+    }
+}
+
+/// Frees an object of ours; the secure build trusts no pointer: one that is not a live block of
+/// ours (foreign, inside a block, freed) prints one line and aborts.
+///
+/// # Safety
+/// None beyond the C `free`'s: any pointer is checked.
+#[inline(always)]
+#[cfg(feature = "secure")]
+pub unsafe fn free(p: *mut u8) {
+    // SAFETY: free_untrusted checks p itself; a block it finds is live, or a double free it
+    // aborts on (the secure checks in free_untrusted).
+    if !unsafe { free_untrusted(p) } {
+        os::fatal_at(
+            b"free(): invalid pointer",
+            p as usize,
+            b": not a live block of scopealloc (foreign, inside a block, or freed)",
+        );
     }
 }
 
@@ -69,6 +89,14 @@ pub unsafe fn free_untrusted(p: *mut u8) -> bool {
             if off >= (*s).blocks_bytes as usize {
                 return false;
             }
+            #[cfg(feature = "secure")]
+            {
+                // The owner may read `carved`: blocks past it were never handed out.
+                if off >= (*s).carved as usize * (*s).block_size as usize {
+                    not_handed_out(p);
+                }
+                check_small_free(s, p, off);
+            }
             free_local(s, p);
             return true;
         }
@@ -84,9 +112,50 @@ unsafe fn free_slow_untrusted(s: *mut Slab, p: *mut u8) -> bool {
         if !in_span(s, p, false) {
             return false;
         }
+        #[cfg(feature = "secure")]
+        if (*s).kind == KIND_SMALL {
+            check_small_free(s, p, (p as usize).wrapping_sub((*s).start as usize));
+        }
         free_slow(s, p);
     }
     true
+}
+
+/// Secure build: `p` is in a slab's blocks that were never carved.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+fn not_handed_out(p: *mut u8) -> ! {
+    os::fatal_at(
+        b"free(): invalid pointer",
+        p as usize,
+        b": a block of scopealloc that was never handed out",
+    )
+}
+
+/// Secure build: aborts with one line unless `p`, at offset `off` of small slab `s`'s blocks,
+/// is the start of a block that is not free (a double free, from any thread, at any distance).
+///
+/// # Safety
+/// `s` is `slab_of(p)`, a small slab of ours, and `off < s.blocks_bytes`.
+#[cfg(feature = "secure")]
+#[inline(always)]
+unsafe fn check_small_free(s: *const Slab, p: *mut u8, off: usize) {
+    // SAFETY: s is a mapped small slab and p one of its blocks' bytes (the contract); the
+    // block's first 16 bytes are readable (every block has at least 16 in this build).
+    unsafe {
+        // off < the slab's bytes (at most a few pages), so it fits the 32-bit check.
+        if !crate::objects::size_class::is_multiple_of_class(off as u32, (*s).class as usize) {
+            os::fatal_at(
+                b"free(): invalid pointer",
+                p as usize,
+                b": inside a block of scopealloc, not at its start",
+            );
+        }
+        if crate::objects::free_list::is_free(p as *const Block) {
+            os::fatal_at(b"free(): double free of", p as usize, b"");
+        }
+    }
 }
 
 /// Whether this thread owns slab `s`.

@@ -6,6 +6,8 @@
 
 #[cfg(not(loom))]
 pub mod cache;
+#[cfg(all(feature = "secure", not(loom)))]
+pub mod free_list;
 pub mod protocol;
 #[cfg(not(loom))]
 pub mod scope;

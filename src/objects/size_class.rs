@@ -112,6 +112,32 @@ pub const fn class_size(c: usize) -> usize {
 /// Object sizes of all classes, for the paths that read it per object.
 pub static SIZES: [u32; NCLASSES] = build_sizes();
 
+/// Secure build: per class, `c = ⌊(2^64 - 1) / size⌋ + 1`, so that an offset `n < 2^32` is a
+/// multiple of the class size exactly when `n * c` (wrapping) is below `c` (Lemire, Kaser
+/// and Kurz, "Faster remainder by direct computation", 2019): the free path's block-start check
+/// without a division.
+#[cfg(feature = "secure")]
+pub static DIVISIBILITY: [u64; NCLASSES] = build_divisibility();
+
+#[cfg(feature = "secure")]
+const fn build_divisibility() -> [u64; NCLASSES] {
+    let mut t = [0u64; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = (u64::MAX / class_size(c) as u64).wrapping_add(1);
+        c += 1;
+    }
+    t
+}
+
+/// Secure build: whether `off` (below 2^32) is a multiple of class `class`'s size.
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub fn is_multiple_of_class(off: u32, class: usize) -> bool {
+    let c = DIVISIBILITY[class];
+    (off as u64).wrapping_mul(c) < c
+}
+
 const fn build_sizes() -> [u32; NCLASSES] {
     let mut t = [0u32; NCLASSES];
     let mut c = 0;
@@ -160,6 +186,21 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "secure")]
+    #[test]
+    fn block_start_check_without_division_agrees_with_the_remainder() {
+        for c in 0..NCLASSES {
+            let size = class_size(c) as u32;
+            for off in (0..1u32 << 18).step_by(8).chain([size - 1, size, size + 1]) {
+                assert_eq!(
+                    is_multiple_of_class(off, c),
+                    off % size == 0,
+                    "class {c} off {off}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_size_maps_to_a_class_at_least_as_large() {

@@ -31,39 +31,56 @@ pub const KIND_LARGE: u8 = 2;
 /// Descriptor kind: one huge object in a mapping of its own.
 pub const KIND_HUGE: u8 = 3;
 
-/// A free object: its first word links it into a free list. The word is read and written only
+/// A free object: its first word links it into a free list. The words are read and written only
 /// through [`Block::link`] and [`Block::set_link`], which tell Valgrind's memcheck (feature
-/// `valgrind`) that the allocator, not the program, touches the free block.
+/// `valgrind`) that the allocator, not the program, touches the free block; the secure build
+/// encodes the link and tags the block free in its second word (see `objects::free_list`).
 #[repr(C)]
 pub struct Block {
-    next: *mut Block,
+    pub(super) next: *mut Block,
+    #[cfg(feature = "secure")]
+    pub(super) tag: u64,
 }
 
 impl Block {
-    /// The block after free block `b` in its list.
+    /// The block after free block `b` in its list (null at the end). The secure build aborts with
+    /// one line if the link was overwritten.
     ///
     /// # Safety
-    /// `b` is a free block of ours that the caller may read (it owns the list, or the slab).
+    /// `b` is a free block of a small slab of ours that the caller may read (it owns the list,
+    /// or the slab).
     #[inline(always)]
     pub unsafe fn link(b: *mut Block) -> *mut Block {
         let word = b as *const u8;
         valgrind::make_defined(word, size_of::<Block>());
+        #[cfg(not(feature = "secure"))]
         // SAFETY: b is a free block of ours (the contract): its first word is our link.
         let next = unsafe { (*b).next };
+        #[cfg(feature = "secure")]
+        // SAFETY: the contract is free_list::next's.
+        let next = unsafe { super::free_list::next(b) };
         valgrind::make_noaccess(word, size_of::<Block>());
         next
     }
 
-    /// Links free block `b` to `next`.
+    /// Links free block `b` to `next` (null or a free block of the same slab).
     ///
     /// # Safety
-    /// `b` is a free block of ours (or one being freed) that only the caller writes.
+    /// `b` is a block of a small slab of ours, not live, that only the caller writes.
     #[inline(always)]
     pub unsafe fn set_link(b: *mut Block, next: *mut Block) {
         let word = b as *const u8;
         valgrind::make_undefined(word, size_of::<Block>());
+        #[cfg(not(feature = "secure"))]
         // SAFETY: b is a block of ours that only the caller writes (the contract).
-        unsafe { (*b).next = next };
+        unsafe {
+            (*b).next = next
+        };
+        #[cfg(feature = "secure")]
+        // SAFETY: the contract is free_list::set_next's.
+        unsafe {
+            super::free_list::set_next(b, next)
+        };
         valgrind::make_noaccess(word, size_of::<Block>());
     }
 }
@@ -232,6 +249,8 @@ pub unsafe fn slab_at(seg: *mut Segment, idx: usize) -> *mut Slab {
 /// Carve at most this many bytes of new objects into a slab's free list at a time, so that a
 /// slab's untouched part stays uncommitted.
 const EXTEND_BYTES: usize = 4096;
+#[cfg(feature = "secure")]
+const _: () = assert!(EXTEND_BYTES / 16 <= super::free_list::CARVE_MAX);
 
 impl Slab {
     /// Carves up to `EXTEND_BYTES` (at least 4 objects) of never-used objects onto the free
@@ -244,7 +263,14 @@ impl Slab {
         let size = self.block_size as usize;
         let n = ((EXTEND_BYTES / size).max(4) as u32).min(self.capacity - self.carved) as usize;
         // SAFETY: objects carved..carved+n lie inside the slab's span (carved + n <= capacity),
-        // and were never handed out: nobody else touches them.
+        // and were never handed out: nobody else touches them; n <= EXTEND_BYTES / 16.
+        #[cfg(feature = "secure")]
+        unsafe {
+            let first = self.start.add(self.carved as usize * size);
+            self.free = super::free_list::carve(first, size, n, self.free);
+        }
+        // SAFETY: as above.
+        #[cfg(not(feature = "secure"))]
         unsafe {
             let first = self.start.add(self.carved as usize * size);
             for i in 0..n {

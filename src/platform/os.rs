@@ -350,6 +350,56 @@ pub fn fatal(msg: &[u8]) -> ! {
     unsafe { libc::abort() }
 }
 
+/// Prints `scopealloc: fatal: <what> 0x<addr><after>` on stderr, from a stack buffer, and aborts:
+/// a corruption found at `addr` (the secure build's detections).
+#[cfg(feature = "secure")]
+#[cold]
+pub fn fatal_at(what: &[u8], addr: usize, after: &[u8]) -> ! {
+    let mut hex = [0u8; 18];
+    hex[0] = b'0';
+    hex[1] = b'x';
+    let digits = (usize::BITS - addr.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        let d = (addr >> (4 * (digits - 1 - i))) & 0xf;
+        hex[2 + i] = b"0123456789abcdef"[d];
+    }
+    write_stderr(b"scopealloc: fatal: ");
+    write_stderr(what);
+    write_stderr(b" ");
+    write_stderr(&hex[..2 + digits]);
+    write_stderr(after);
+    write_stderr(b"; aborting\n");
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// 64 random bits from the kernel (`getrandom`, without blocking), for the secure build's keys;
+/// if the kernel has none to give yet (early boot), the clock and an address, mixed.
+#[cfg(feature = "secure")]
+pub fn random_u64() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: getrandom writes at most the 8 bytes of `v` that we pass.
+    let n = unsafe {
+        libc::getrandom(
+            (&mut v as *mut u64).cast::<libc::c_void>(),
+            8,
+            libc::GRND_NONBLOCK,
+        )
+    };
+    if n == 8 {
+        return v;
+    }
+    mix64(now_ns() ^ (&v as *const u64 as u64).rotate_left(32))
+}
+
+/// splitmix64's finaliser: a bijection of 64 bits that spreads every input bit over the output.
+#[cfg(feature = "secure")]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
