@@ -1,5 +1,5 @@
 //! The secure build's free-list words: how a free block's first two words are written and read
-//! (`slab::Block::next` / `set_next` call only these).
+//! (`slab::Block::link` / `set_link` call only these).
 //!
 //! ```text
 //!  free block b:  word 0 = next ^ key ^ b        (the link, encoded: mimalloc's secure mode)
