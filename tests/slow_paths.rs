@@ -3,6 +3,7 @@
 
 use scopealloc::{slow_paths, ScopeAlloc};
 use std::alloc::{alloc, dealloc, Layout};
+use std::hint::black_box;
 use std::sync::mpsc;
 use std::thread;
 
@@ -28,7 +29,8 @@ fn large_allocations_and_frees_are_counted_once_each_and_outlive_their_thread() 
         for _ in 0..37 {
             // SAFETY: a non-zero size; the block is freed once, right away.
             unsafe {
-                let p = alloc(layout);
+                // black_box: an optimiser may elide an allocation that is freed unused.
+                let p = black_box(alloc(layout));
                 assert!(!p.is_null());
                 dealloc(p, layout);
             }
@@ -48,7 +50,11 @@ fn frees_from_another_thread_count_as_remote_while_the_owner_lives_and_abandoned
     let owner = thread::spawn(move || {
         let alloc_n = |n| {
             // SAFETY: a non-zero size; the blocks are freed once, by the main thread.
-            Ptrs((0..n).map(|_| unsafe { alloc(layout) } as usize).collect())
+            Ptrs(
+                (0..n)
+                    .map(|_| black_box(unsafe { alloc(layout) }) as usize)
+                    .collect(),
+            )
         };
         to_main.send(alloc_n(1000)).unwrap();
         owner_rx.recv().unwrap(); // the first batch is freed while this thread lives
@@ -83,7 +89,7 @@ fn a_fresh_thread_fills_new_slabs_by_the_slow_path_and_frees_locally_without_it(
         let before = slow_paths();
         // SAFETY: a non-zero size; every block is freed once below.
         let v: Vec<usize> = (0..4000)
-            .map(|_| unsafe { alloc(layout) } as usize)
+            .map(|_| black_box(unsafe { alloc(layout) }) as usize)
             .collect();
         let during = slow_paths();
         for &p in &v {
