@@ -11,8 +11,13 @@
 //! elsewhere. Needs `cc` and `timeout`.
 #![cfg(not(loom))]
 
+#[path = "common/clib.rs"]
+mod clib;
+
+use clib::{cargo_in, check, root};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 // With `--features secure` this test binary runs on the secure core too (the Rust side).
 #[cfg(feature = "secure")]
@@ -34,10 +39,6 @@ fn secure_rust_blocks_of_classes_aligned_to_8_bytes_are_reused_without_alarm() {
             drop(blocks);
         }
     }
-}
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Seconds before a run counts as hung.
@@ -89,16 +90,6 @@ const SECURE_CATCHES: &[&str] = &[
 /// it, Cargo would have built it with the `secure` feature too.
 const ONLY_SECURE: &str = "double-free-interleaved-64";
 
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// libscopealloc.so and libscopealloc_secure.so, built by one cargo command (as
 /// `cargo build --release --workspace` does) unless given.
 fn libraries() -> (PathBuf, PathBuf) {
@@ -111,17 +102,16 @@ fn libraries() -> (PathBuf, PathBuf) {
         return (plain, secure);
     }
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-build");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "--release", "-p", "scopealloc-ffi"])
-        .args(["-p", "scopealloc-ffi-secure"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(root())
-        .output()
-        .expect("run cargo");
-    check(
-        &out,
-        "cargo build --release -p scopealloc-ffi -p scopealloc-ffi-secure",
+    cargo_in(
+        &target,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "scopealloc-ffi",
+            "-p",
+            "scopealloc-ffi-secure",
+        ],
     );
     let dir = target.join("release");
     (

@@ -138,9 +138,9 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
         // SAFETY: the caller's contract is free's.
         return unsafe { free_checked(p) };
     }
-    // SAFETY: if p is in a block of ours, that block is live (the contract). Null is refused
-    // like a foreign pointer, and told apart only then.
-    if !unsafe { raw::free_untrusted(p) } && !p.is_null() {
+    // SAFETY: if p is in a block of ours, that block is live (the contract). Null is a no-op
+    // (raw::free_untrusted tells it from a foreign pointer only after the registry refused it).
+    if !unsafe { raw::free_untrusted(p) } {
         not_ours(b"free", p);
     }
 }
