@@ -71,6 +71,12 @@ pub fn tables_in_use() -> usize {
     crate::frontend::table::tables_in_use()
 }
 
+/// Tables' per-class arrays in existence: a table maps them only once it has slabs of its own,
+/// so a table whose objects all sit in shared slabs costs no arrays.
+pub fn class_arrays_in_use() -> usize {
+    crate::frontend::table::class_arrays_in_use()
+}
+
 /// (longest hold of the tree lock by an abandoned-slab sweep batch in ns, most caches looked at
 /// in one hold) since start.
 pub fn sweep_figures() -> (u64, u64) {

@@ -4,7 +4,7 @@
 use super::free::release_slab;
 use super::refill::{drain_stock, set_current, take_remote_frees};
 use super::table::list_remove;
-use super::table::{empty_slab, Table};
+use super::table::{empty_slab, free_arrays, has_arrays, list_head, Table};
 use crate::objects::cache::{self, Cache};
 use crate::objects::protocol::{self, Swept};
 use crate::objects::scope::{self, TreeGuard};
@@ -19,9 +19,12 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
     // SAFETY: t and its slabs are this thread's.
     unsafe {
         for class in 0..NCLASSES {
+            if !has_arrays(t) {
+                break;
+            }
             set_current(t, class, empty_slab());
             loop {
-                let s = (*t).lists[class];
+                let s = list_head(t, class);
                 if s.is_null() {
                     break;
                 }
@@ -45,6 +48,7 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
                 }
             }
         }
+        free_arrays(t);
         drain_stock(t, 0);
         (*t).dead = true;
     }

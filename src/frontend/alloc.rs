@@ -2,13 +2,13 @@
 //!
 //! ```text
 //! alloc_small(class)
-//!   t = TLS.table; s = t.current[class]; b = s.free
+//!   t = TLS.table; s = t.arrays.current[class]; b = s.free
 //!   b == null or t.stock.avail < size ──► refill::alloc_slow(class)   (cold)
 //!   pop: s.free = b.next; allocs += 1; used += 1; t.stock.avail -= size
 //! ```
 
 use super::refill::alloc_slow;
-use super::table::Table;
+use super::table::{current_of, Table};
 use super::thread_heap::tls_table;
 use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{Block, Slab};
@@ -30,7 +30,7 @@ pub unsafe fn alloc_small(class: usize) -> *mut u8 {
     // empty table, the refused table or a live table of this thread, and its current slabs are
     // the empty slab or slabs this thread owns, so only this thread writes them.
     unsafe {
-        let s = *(*t).current.get_unchecked(class);
+        let s = current_of(t, class);
         let b = (*s).free;
         let size = *SIZES.get_unchecked(class) as i64;
         if b.is_null() || (*t).stock.avail < size {

@@ -12,8 +12,8 @@
 use super::abandon::sweep_abandoned_locked;
 use super::large::free_large;
 use super::slow_paths::{count, Slow};
-use super::table::owner_table;
 use super::table::Table;
+use super::table::{current_of, list_head, owner_table};
 use super::table::{list_move_to_head, list_remove};
 use super::thread_heap::tls_heap;
 use crate::backend::registry;
@@ -213,13 +213,15 @@ pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
             (*t).stock.drain_to_mark(&(*(*t).scope).counter);
         }
         let class = (*s).class as usize;
-        if (*s).used.load(Ordering::Relaxed) == 0 && (*t).current[class] != s {
+        if (*s).used.load(Ordering::Relaxed) == 0 && current_of(t, class) != s {
             // One empty slab per class stays, at the head of the list, for the next slow path:
             // a working set that empties and refills slabs would otherwise release a slab and
             // take a fresh one from the back end every few hundred operations. A second one
             // is released (and `trim`, thread exit and scope close release the spare).
-            let head = (*t).lists[class];
-            if head != s && (*head).used.load(Ordering::Relaxed) == 0 && (*t).current[class] != head
+            let head = list_head(t, class);
+            if head != s
+                && (*head).used.load(Ordering::Relaxed) == 0
+                && current_of(t, class) != head
             {
                 release_slab(t, s);
             } else {

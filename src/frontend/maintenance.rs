@@ -4,7 +4,7 @@ use super::abandon::sweep_abandoned;
 use super::free::release_slab;
 use super::refill::{set_current, take_all_remote_frees};
 use super::slow_paths::{count_in, Slow};
-use super::table::empty_slab;
+use super::table::{current_of, empty_slab, list_head};
 use super::table::{drop_closed, TABLES};
 use super::thread_heap::HEAPS;
 use super::thread_heap::{tls_heap, Heap};
@@ -25,11 +25,11 @@ pub(super) unsafe fn maintenance(h: *mut Heap, force: bool) {
                 if !(*t).dead {
                     take_all_remote_frees(t);
                     for class in 0..NCLASSES {
-                        let mut s = (*t).lists[class];
+                        let mut s = list_head(t, class);
                         while !s.is_null() {
                             let next = (*s).tnext;
                             if (*s).used.load(Ordering::Relaxed) == 0 {
-                                if (*t).current[class] == s {
+                                if current_of(t, class) == s {
                                     set_current(t, class, empty_slab());
                                 }
                                 release_slab(t, s);

@@ -6,8 +6,8 @@ use super::alloc::pop;
 use super::maintenance::maintenance;
 use super::slow_paths::{count, count_in, Slow};
 use super::table::{as_owner, owner_table};
-use super::table::{empty_slab, empty_table, Table};
-use super::table::{list_move_to_tail, list_push, table_for};
+use super::table::{current_of, empty_slab, empty_table, list_head, Table};
+use super::table::{ensure_arrays, list_move_to_tail, list_push, table_for};
 use super::thread_heap::heap_or_init;
 use super::thread_heap::refused_table;
 use super::thread_heap::{set_refused, set_tls_table, take_refused, tls_table, Heap};
@@ -49,6 +49,9 @@ pub(super) fn alloc_slow(class: usize) -> *mut u8 {
                 return null_mut(); // no table for the thread's scope: refused, not elsewhere
             }
             if (*t).stock.avail < size && !refill(heap, t, size) {
+                return null_mut();
+            }
+            if !ensure_arrays(t) {
                 return null_mut();
             }
             match find_slab(heap, t, class) {
@@ -104,7 +107,7 @@ enum SlabSearch {
 unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
     // SAFETY: t and its slabs belong to this thread.
     unsafe {
-        let cur = (*t).current[class];
+        let cur = current_of(t, class);
         if cur != empty_slab() {
             if ready(cur) {
                 return SlabSearch::Slab(cur);
@@ -117,7 +120,7 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch 
         // paths look at different slabs.
         let mut n = 0;
         while n < SCAN_LIMIT {
-            let x = (*t).lists[class];
+            let x = list_head(t, class);
             if x.is_null() || x == cur {
                 break;
             }
@@ -149,14 +152,14 @@ unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch 
 pub(super) unsafe fn set_current(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: t and its slabs are this thread's; the empty slab is never written.
     unsafe {
-        let old = (*t).current[class];
+        let old = current_of(t, class);
         if old != empty_slab() {
             (*old).release_at = 0;
         }
         if s != empty_slab() {
             (*s).release_at = u32::MAX;
         }
-        (*t).current[class] = s;
+        (*(*t).arrays).current[class] = s;
     }
 }
 
@@ -333,7 +336,7 @@ pub(super) unsafe fn take_all_remote_frees(t: *mut Table) {
     // SAFETY: t and its slabs are this thread's.
     unsafe {
         for class in 0..NCLASSES {
-            let mut s = (*t).lists[class];
+            let mut s = list_head(t, class);
             while !s.is_null() {
                 take_remote_frees(s);
                 s = (*s).tnext;

@@ -28,11 +28,40 @@ fn count_visit() {
     LOOKUP_VISITS.with(|v| v.set(v.get() + 1));
 }
 
+/// A table's per-class arrays, mapped only once the table allocates a class from slabs of its
+/// own (`ensure_arrays`): until then the table points at [`EMPTY_ARRAYS`], and a table costs
+/// memory in proportion to what it uses, not 81 entries (issue 10).
+#[repr(C)]
+pub struct ClassArrays {
+    /// Per class, the slab the fast path pops from (`EMPTY_SLAB` when none).
+    pub current: [*mut Slab; NCLASSES],
+    /// Per class, all slabs of the table (doubly linked through `tnext`/`tprev`).
+    pub(super) lists: [*mut Slab; NCLASSES],
+}
+
+/// The arrays of a table that has none of its own: every class empty. Never written.
+pub(super) struct EmptyArrays(UnsafeCell<ClassArrays>);
+// SAFETY: never written: its current slabs are the empty slab, whose free list is null, so the
+// fast path leaves for the slow path, which gives the table arrays of its own before writing.
+unsafe impl Sync for EmptyArrays {}
+pub(super) static EMPTY_ARRAYS: EmptyArrays = EmptyArrays(UnsafeCell::new(ClassArrays {
+    current: [EMPTY_SLAB.0.get(); NCLASSES],
+    lists: [null_mut(); NCLASSES],
+}));
+
+static ARRAYS: Pool<ClassArrays> = Pool::new();
+
+/// Tables' class arrays in existence (`testing`: a table pays for them only once it has slabs).
+pub fn class_arrays_in_use() -> usize {
+    ARRAYS.in_use()
+}
+
 /// A thread's table for one scope. Owned by its thread.
 #[repr(C)]
 pub struct Table {
-    /// Per class, the slab the fast path pops from (`EMPTY_SLAB` when none).
-    pub current: [*mut Slab; NCLASSES],
+    /// The per-class arrays: [`EMPTY_ARRAYS`] until the table has slabs of its own. The fast
+    /// path reads `arrays.current[class]`; this word shares its line with the stock.
+    pub arrays: *mut ClassArrays,
     /// Bytes charged to `scope` in advance (`avail`, what the fast path consumes), the drain mark
     /// the free path compares with, and what the stock holds charged.
     pub stock: Stock,
@@ -41,8 +70,6 @@ pub struct Table {
     pub heap: *mut Heap,
     /// The scope (holds a reference).
     pub scope: *mut ScopeNode,
-    /// Per class, all slabs of this table (doubly linked through `tnext`/`tprev`).
-    pub(super) lists: [*mut Slab; NCLASSES],
     /// Guards that will restore this table (see `ScopeGuard`); a pinned table is not freed.
     pub pins: u32,
     /// Retired: its scope closed; it owns no slab and forwards to the ancestor's table.
@@ -69,11 +96,10 @@ impl EmptyTable {
     /// A table with no slab and no stock.
     const fn new() -> EmptyTable {
         EmptyTable(UnsafeCell::new(Table {
-            current: [EMPTY_SLAB.0.get(); NCLASSES],
+            arrays: EMPTY_ARRAYS.0.get(),
             stock: Stock::EMPTY,
             heap: null_mut(),
             scope: null_mut(),
-            lists: [null_mut(); NCLASSES],
             pins: 0,
             dead: false,
             next: null_mut(),
@@ -110,6 +136,77 @@ pub(super) fn empty_slab() -> *mut Slab {
     EMPTY_SLAB.0.get()
 }
 
+pub(super) fn empty_arrays() -> *mut ClassArrays {
+    EMPTY_ARRAYS.0.get()
+}
+
+/// Whether `t` has class arrays of its own (it has, or had, slabs of its own).
+///
+/// # Safety
+/// `t` is a table of this thread (or a static one).
+#[inline]
+pub(super) unsafe fn has_arrays(t: *const Table) -> bool {
+    // SAFETY: t is readable (the contract).
+    unsafe { (*t).arrays != empty_arrays() }
+}
+
+/// The slab `t`'s fast path pops for `class`.
+///
+/// # Safety
+/// `t` is a table of this thread (or a static one) and `class < NCLASSES`.
+#[inline(always)]
+pub(super) unsafe fn current_of(t: *const Table, class: usize) -> *mut Slab {
+    // SAFETY: the arrays are the table's or the empty ones (the contract), class in bounds.
+    unsafe { *(*(*t).arrays).current.get_unchecked(class) }
+}
+
+/// The head of `t`'s slab list for `class` (null: none, always so without arrays).
+///
+/// # Safety
+/// As [`current_of`].
+#[inline]
+pub(super) unsafe fn list_head(t: *const Table, class: usize) -> *mut Slab {
+    // SAFETY: as in current_of.
+    unsafe { (*(*t).arrays).lists[class] }
+}
+
+/// Gives `t` class arrays of its own, before its first slab. False when the OS refuses.
+///
+/// # Safety
+/// `t` is a live table of this thread.
+pub(super) unsafe fn ensure_arrays(t: *mut Table) -> bool {
+    // SAFETY: t is this thread's (the contract); the new arrays are ours.
+    unsafe {
+        if has_arrays(t) {
+            return true;
+        }
+        let a = ARRAYS.alloc();
+        if a.is_null() {
+            return false;
+        }
+        for c in 0..NCLASSES {
+            (*a).current[c] = empty_slab();
+            (*a).lists[c] = null_mut();
+        }
+        (*t).arrays = a;
+        true
+    }
+}
+
+/// Gives `t`'s class arrays back (its slabs are gone: it is dead or being freed).
+///
+/// # Safety
+/// `t` is a table of this thread with no slab on its lists.
+pub(super) unsafe fn free_arrays(t: *mut Table) {
+    // SAFETY: t is this thread's; nothing points into its arrays once its slabs are gone.
+    unsafe {
+        if has_arrays(t) {
+            ARRAYS.free((*t).arrays);
+            (*t).arrays = empty_arrays();
+        }
+    }
+}
+
 pub(super) static TABLES: Pool<Table> = Pool::new();
 
 /// Tables in existence, over all threads.
@@ -124,10 +221,7 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
     }
     // SAFETY: t is ours; s is referenced by the caller.
     unsafe {
-        for c in 0..NCLASSES {
-            (*t).current[c] = empty_slab();
-            (*t).lists[c] = null_mut();
-        }
+        (*t).arrays = empty_arrays();
         (*t).stock = Stock::EMPTY;
         (*t).heap = h;
         scope::node_get(s);
@@ -352,7 +446,7 @@ pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
 pub(super) unsafe fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: t and s are this thread's; s is on no table list.
     unsafe {
-        let head = (*t).lists[class];
+        let head = (*(*t).arrays).lists[class];
         (*s).tnext = head;
         if head.is_null() {
             (*s).tprev = s;
@@ -360,7 +454,7 @@ pub(super) unsafe fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
             (*s).tprev = (*head).tprev;
             (*head).tprev = s;
         }
-        (*t).lists[class] = s;
+        (*(*t).arrays).lists[class] = s;
     }
 }
 
@@ -371,13 +465,13 @@ pub(super) unsafe fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
 pub(super) unsafe fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: s is on t's list for class.
     unsafe {
-        let head = (*t).lists[class];
+        let head = (*(*t).arrays).lists[class];
         let next = (*s).tnext;
         if s == head {
             if !next.is_null() {
                 (*next).tprev = (*s).tprev;
             }
-            (*t).lists[class] = next;
+            (*(*t).arrays).lists[class] = next;
         } else {
             let prev = (*s).tprev;
             (*prev).tnext = next;
@@ -399,7 +493,7 @@ pub(super) unsafe fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
 pub(super) unsafe fn list_move_to_head(t: *mut Table, class: usize, s: *mut Slab) {
     // SAFETY: s is on t's list for class.
     unsafe {
-        if (*t).lists[class] != s {
+        if (*(*t).arrays).lists[class] != s {
             list_remove(t, class, s);
             list_push(t, class, s);
         }
@@ -417,7 +511,7 @@ pub(super) unsafe fn list_move_to_tail(t: *mut Table, class: usize, s: *mut Slab
             return; // already the tail
         }
         list_remove(t, class, s);
-        let head = (*t).lists[class]; // non-null: s had a successor
+        let head = (*(*t).arrays).lists[class]; // non-null: s had a successor
         let tail = (*head).tprev;
         (*tail).tnext = s;
         (*s).tprev = tail;
@@ -434,13 +528,17 @@ mod tests {
         let mut v = Vec::new();
         // SAFETY: the test's table and slabs are live.
         unsafe {
-            let mut s = (*t).lists[0];
+            let mut s = list_head(t, 0);
             while !s.is_null() {
                 v.push(s);
                 s = (*s).tnext;
             }
             if let Some(&tail) = v.last() {
-                assert_eq!((*(*t).lists[0]).tprev, tail, "the head's prev is the tail");
+                assert_eq!(
+                    (*list_head(t, 0)).tprev,
+                    tail,
+                    "the head's prev is the tail"
+                );
             }
         }
         v
@@ -450,6 +548,9 @@ mod tests {
     fn table_slab_lists_push_remove_and_rotate_in_constant_time() {
         // SAFETY: an all-zero Table is valid (null pointers, zero counters).
         let mut table: Box<Table> = Box::new(unsafe { core::mem::zeroed() });
+        // SAFETY: as above, for the arrays.
+        let mut arrays: Box<ClassArrays> = Box::new(unsafe { core::mem::zeroed() });
+        table.arrays = &mut *arrays;
         let t: *mut Table = &mut *table;
         let mut slabs: Vec<Slab> = (0..4).map(|_| Slab::empty()).collect();
         let s: Vec<*mut Slab> = slabs.iter_mut().map(|x| x as *mut Slab).collect();

@@ -126,6 +126,7 @@ static void *consumer(void *arg) {
 
 static void *short_lived(void *arg) {
     char *p = malloc(100 + (uintptr_t)arg);
+    if (!p) return NULL;
     memset(p, 1, 100 + (uintptr_t)arg);
     char *q = strdup("short-lived thread");
     free(p);
@@ -139,6 +140,10 @@ int main(int argc, char **argv) {
     seed = argc > 4 ? (unsigned)atoi(argv[4]) : 1;
     producers_left = np;
     pthread_t *t = calloc((size_t)(np + nc), sizeof *t);
+    if (!t) {
+        fputs("threads: out of memory for the thread array\n", stderr);
+        return 1;
+    }
     for (int i = 0; i < np; i++) pthread_create(&t[i], NULL, producer, (void *)(uintptr_t)(i + 1));
     for (int i = 0; i < nc; i++) pthread_create(&t[np + i], NULL, consumer, NULL);
 
