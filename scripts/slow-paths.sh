@@ -32,7 +32,7 @@ declare -A CMD=(
     [pipeline]="$B/prodcons pipeline $(sc 300000) 1"
 )
 ORDER="larson xmalloc cache-scratch mstress glibc-simple pareto workingset workingset-l2 shortlived randsize-1t randsize-2t prodcons pipeline"
-FIELDS="malloc|stock refills|remote taken|carves|slabs scanned|adopted|fresh slabs|free tails|stock drains|slabs released|remote frees|abandoned frees|large allocs|large frees|maintenance"
+FIELDS="malloc|stock refills|remote taken|carves|slabs scanned|adopted|fresh slabs|free tails|stock drains|slabs released|remote frees|abandoned frees|large allocs|large frees|shared allocs|stubs made|maintenance"
 printf '| workload | allocs |'
 IFS='|' read -ra names <<<"$FIELDS"
 for n in "${names[@]}"; do printf ' %s |' "$n"; done

@@ -241,6 +241,8 @@ pub fn print_to(fd: &mut dyn Sink) {
         (b"abandoned frees", sp.abandoned_frees),
         (b"large allocs", sp.large_allocs),
         (b"large frees", sp.large_frees),
+        (b"shared allocs", sp.shared_allocs),
+        (b"stubs made", sp.stubs_made),
         (b"maintenance", sp.maintenance),
     ];
     fd.put(named_values(b"slow paths:", &slow, false).as_bytes());

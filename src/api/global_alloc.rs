@@ -4,7 +4,7 @@
 use crate::frontend::{alloc, free, large, thread_heap};
 use crate::objects::scope;
 use crate::objects::size_class::{class_for, class_of, MAX_SMALL};
-use crate::objects::slab::{slab_of, Slab, KIND_SMALL};
+use crate::objects::slab::{origin_cache, slab_of, Slab, KIND_SMALL};
 use crate::platform::valgrind;
 use core::alloc::{GlobalAlloc, Layout};
 
@@ -107,7 +107,7 @@ pub(super) unsafe fn realloc_aligned(
         let q = if thread_heap::charges_current_scope(s) {
             alloc_aligned(new_size, align)
         } else {
-            alloc_in_origin(s, new_size, align)
+            alloc_in_origin(s, p, new_size, align)
         };
         if !q.is_null() {
             core::ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
@@ -123,13 +123,13 @@ pub(super) unsafe fn realloc_aligned(
 /// # Safety
 /// `s` is the descriptor of a live object of ours (its cache is alive while the object is).
 #[cold]
-unsafe fn alloc_in_origin(s: *mut Slab, size: usize, align: usize) -> *mut u8 {
+unsafe fn alloc_in_origin(s: *mut Slab, p: *mut u8, size: usize, align: usize) -> *mut u8 {
     // SAFETY: the live object holds a reference on its cache. `cache.scope` changes only under
     // the cache lock (and the tree lock), so it is read under the cache lock, and the node
     // reference taken there keeps it alive after the lock is dropped, while the thread enters it
     // (entering a scope that closed meanwhile enters its nearest open ancestor).
     unsafe {
-        let c = (*s).cache;
+        let c = origin_cache(s, p);
         (*c).refs.lock();
         let origin = (*c).scope;
         scope::node_get(origin);

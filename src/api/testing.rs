@@ -77,6 +77,17 @@ pub fn class_arrays_in_use() -> usize {
     crate::frontend::table::class_arrays_in_use()
 }
 
+/// Stubs in existence: one per (thread, scope, size class) whose objects sit in shared slabs.
+pub fn stubs_in_use() -> usize {
+    crate::frontend::shared::stubs_in_use()
+}
+
+/// Whether tables made from now on allocate their first objects of each class from shared
+/// slabs (on by default; off gives every scope slabs of its own, for comparisons).
+pub fn set_sharing(on: bool) {
+    crate::frontend::shared::SHARING.store(on, crate::sync::Ordering::Relaxed);
+}
+
 /// (longest hold of the tree lock by an abandoned-slab sweep batch in ns, most caches looked at
 /// in one hold) since start.
 pub fn sweep_figures() -> (u64, u64) {

@@ -3,13 +3,14 @@
 
 use super::free::release_slab;
 use super::refill::{drain_stock, set_current, take_remote_frees};
+use super::shared::{abandon_stubs, sweep_stub_locked};
 use super::table::list_remove;
 use super::table::{empty_slab, free_arrays, has_arrays, list_head, Table};
 use crate::objects::cache::{self, Cache};
 use crate::objects::protocol::{self, Swept};
 use crate::objects::scope::{self, TreeGuard};
 use crate::objects::size_class::NCLASSES;
-use crate::objects::slab::{free_slab_span, Slab};
+use crate::objects::slab::{free_slab_span, Slab, KIND_STUB};
 use crate::platform::os;
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::null_mut;
@@ -18,6 +19,7 @@ use core::ptr::null_mut;
 pub(super) unsafe fn abandon_table(t: *mut Table) {
     // SAFETY: t and its slabs are this thread's.
     unsafe {
+        abandon_stubs(t);
         for class in 0..NCLASSES {
             if !has_arrays(t) {
                 break;
@@ -152,13 +154,26 @@ unsafe fn sweep_cache(tree: &TreeGuard, c: *mut Cache) {
                 }
                 s = (*s).anext;
             }
+            let mut stub = (*c).abandoned_stubs_head();
+            while found.is_null() && !stub.is_null() && looked < SWEEP_SLABS {
+                looked += 1;
+                // As for a slab (see `protocol::sweep_candidate`).
+                if protocol::sweep_candidate(&*stub) {
+                    found = stub;
+                }
+                stub = (*stub).anext;
+            }
             if found.is_null() {
                 (*c).refs.unlock();
                 return;
             }
             let s = found;
             let last = (*c).refs.count_locked() == 1 && (*c).refs.is_dying_locked();
-            sweep_abandoned_locked(c, s, Some(tree));
+            if (*s).kind == KIND_STUB {
+                sweep_stub_locked(c, s, Some(tree));
+            } else {
+                sweep_abandoned_locked(c, s, Some(tree));
+            }
             if last {
                 return; // released: the cache is gone
             }

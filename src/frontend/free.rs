@@ -11,9 +11,10 @@
 
 use super::abandon::sweep_abandoned_locked;
 use super::large::free_large;
+use super::shared::free_shared;
 use super::slow_paths::{count, Slow};
 use super::table::Table;
-use super::table::{current_of, list_head, owner_table};
+use super::table::{current_of, list_head, owner_table, SHARED_OWNER};
 use super::table::{list_move_to_head, list_remove};
 use super::thread_heap::tls_heap;
 use crate::backend::registry;
@@ -177,6 +178,18 @@ unsafe fn owns_slab(s: *const Slab) -> bool {
 /// `p` is a live object of `s`, and `s` is owned by this thread.
 #[inline(always)]
 unsafe fn free_local(s: *mut Slab, p: *mut u8) {
+    valgrind::freelike(p);
+    // SAFETY: the contract is free_local_quiet's.
+    unsafe { free_local_quiet(s, p) }
+}
+
+/// [`free_local`] without telling Valgrind (the caller did: a free that came through
+/// `free_slow`, such as a shared object's).
+///
+/// # Safety
+/// As [`free_local`].
+#[inline(always)]
+pub(super) unsafe fn free_local_quiet(s: *mut Slab, p: *mut u8) {
     // SAFETY: this thread owns s (the contract), so only it writes the slab's free list, `used`
     // and the table's stock.
     unsafe {
@@ -188,7 +201,6 @@ unsafe fn free_local(s: *mut Slab, p: *mut u8) {
             (p as usize - (*s).start as usize).is_multiple_of((*s).block_size as usize),
             "free of a pointer inside a block"
         );
-        valgrind::freelike(p);
         let b = p as *mut Block;
         Block::set_link(b, (*s).free);
         (*s).free = b;
@@ -256,6 +268,7 @@ pub(super) unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
     // SAFETY: p is a live object of ours (caller's guarantee).
     unsafe {
         match (*s).kind {
+            KIND_SMALL if !(*s).origins.is_null() => free_shared(s, p),
             KIND_SMALL => match protocol::free_not_owned(s, (*s).cache, p as *mut Block) {
                 NotOwnedFree::AbandonedLocked => {
                     count(Slow::AbandonedFree);
@@ -302,7 +315,9 @@ pub unsafe fn is_double_free(p: *const u8) -> bool {
         let s = slab_of(p);
         match (*s).kind {
             KIND_SMALL => {
-                if (*s).owner.load(Ordering::Relaxed) != tls_heap() as usize {
+                let owner = (*s).owner.load(Ordering::Relaxed);
+                let me = tls_heap() as usize;
+                if owner != me && owner != me + SHARED_OWNER {
                     return false;
                 }
                 let mut b = (*s).free;

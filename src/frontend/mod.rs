@@ -16,6 +16,7 @@ pub mod free;
 pub mod large;
 pub mod maintenance;
 pub mod refill;
+pub mod shared;
 pub mod slow_paths;
 pub mod table;
 pub mod thread_heap;

@@ -4,6 +4,7 @@
 use super::abandon::abandon_table;
 use super::alloc::pop;
 use super::maintenance::maintenance;
+use super::shared::{alloc_shared, shares_class, take_all_stub_remote, SharedAlloc};
 use super::slow_paths::{count, count_in, Slow};
 use super::table::{as_owner, owner_table};
 use super::table::{current_of, empty_slab, empty_table, list_head, Table};
@@ -21,6 +22,7 @@ use crate::objects::slab::{slab_at, Slab, KIND_SMALL};
 use crate::platform::valgrind;
 use crate::sync::remote::remote_is_empty;
 use crate::sync::Ordering;
+use core::mem::size_of;
 use core::ptr::null_mut;
 
 /// Slabs looked at, per slow path, before taking a new slab.
@@ -50,6 +52,14 @@ pub(super) fn alloc_slow(class: usize) -> *mut u8 {
             }
             if (*t).stock.avail < size && !refill(heap, t, size) {
                 return null_mut();
+            }
+            if shares_class(t, class) {
+                match alloc_shared(heap, t, class, size) {
+                    SharedAlloc::Done(p) => return p,
+                    SharedAlloc::Closed => continue,
+                    SharedAlloc::Oom => return null_mut(),
+                    SharedAlloc::Graduate => {}
+                }
             }
             if !ensure_arrays(t) {
                 return null_mut();
@@ -97,14 +107,14 @@ pub(super) unsafe fn current_table(heap: *mut Heap) -> *mut Table {
     }
 }
 
-enum SlabSearch {
+pub(super) enum SlabSearch {
     Slab(*mut Slab),
     Closed,
     Oom,
 }
 
 /// A slab of `t` for `class` with a free object, made current.
-unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
+pub(super) unsafe fn find_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
     // SAFETY: t and its slabs belong to this thread.
     unsafe {
         let cur = current_of(t, class);
@@ -220,7 +230,7 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
             }
             // Adopt: the slab is ours from now on; a full one stays on our list and is
             // found again once frees come back to it.
-            protocol::adopt_locked(s, heap as usize);
+            protocol::adopt_locked(s, (*t).owner_id);
             count_in(heap, Slow::Adopted, 1);
             (*s).table = as_owner(t);
             (*s).release_at = 0;
@@ -245,7 +255,10 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
         (*s).allocs.store(0, Ordering::Relaxed);
         (*s).thread_free.store(0, Ordering::Relaxed);
         (*s).carved = 0;
-        (*s).capacity = (npages * PAGE_SIZE / size as usize) as u32;
+        // A shared slab keeps, after its blocks, the stub of each (see `frontend::shared`).
+        let shared = (*t).owner_id != heap as usize;
+        let per_block = size as usize + if shared { size_of::<*mut Slab>() } else { 0 };
+        (*s).capacity = (npages * PAGE_SIZE / per_block) as u32;
         (*s).blocks_bytes = (*s).capacity * size;
         (*s).class = class as u16;
         (*s).kind = KIND_SMALL;
@@ -253,12 +266,22 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
         (*s).npages = npages as u32;
         (*s).page_idx = span.idx as u32;
         valgrind::make_noaccess((*s).start, npages * PAGE_SIZE);
+        (*s).origins = if shared {
+            let at = (*s)
+                .start
+                .add(((*s).blocks_bytes as usize).next_multiple_of(8));
+            // Our metadata, written before each block is handed out: defined for memcheck.
+            valgrind::make_defined(at, (*s).capacity as usize * size_of::<*mut Slab>());
+            at.cast::<*mut Slab>()
+        } else {
+            null_mut()
+        };
         (*s).anext = null_mut();
         (*s).aprev = null_mut();
         // Publishes the descriptor written above to the frees of other threads, which load
         // `owner` with Acquire in `protocol::free_not_owned` (a pointer to the slab's objects
         // reaches them through the program's own synchronisation after this store).
-        (*s).owner.store(heap as usize, Ordering::Release);
+        (*s).owner.store((*t).owner_id, Ordering::Release);
         // Look the cache up again: it may have been killed (and released) meanwhile.
         let c = match cache::lock_cache((*t).scope, class) {
             CacheLookup::Locked(c) => c,
@@ -331,10 +354,11 @@ pub(super) unsafe fn drain_stocks_except(heap: *mut Heap, except: *mut Table) {
     }
 }
 
-/// Takes the remote frees of every slab of `t`.
+/// Takes the remote frees of every slab and stub of `t`.
 pub(super) unsafe fn take_all_remote_frees(t: *mut Table) {
     // SAFETY: t and its slabs are this thread's.
     unsafe {
+        take_all_stub_remote(t);
         for class in 0..NCLASSES {
             let mut s = list_head(t, class);
             while !s.is_null() {

@@ -27,6 +27,8 @@ pub enum Slow {
     AbandonedFree,
     LargeAlloc,
     LargeFree,
+    SharedAlloc,
+    StubMade,
     Maintenance,
 }
 
@@ -139,6 +141,10 @@ pub struct SlowPaths {
     pub large_allocs: u64,
     /// Frees of large and huge objects.
     pub large_frees: u64,
+    /// Small scopes' objects allocated from shared slabs (`frontend::shared`).
+    pub shared_allocs: u64,
+    /// Stubs made: (thread, scope, class) that allocated from shared slabs.
+    pub stubs_made: u64,
     /// Maintenance passes (every 256 malloc slow paths, and `trim`).
     pub maintenance: u64,
 }
@@ -159,7 +165,7 @@ pub fn slow_paths() -> SlowPaths {
             add(unsafe { &(*h).slow });
         }
     });
-    let [malloc_slow, stock_refills, remote_taken, carves, slabs_scanned, adopted, fresh_slabs, free_tails, stock_drains, slabs_released, remote_frees, abandoned_frees, large_allocs, large_frees, maintenance] =
+    let [malloc_slow, stock_refills, remote_taken, carves, slabs_scanned, adopted, fresh_slabs, free_tails, stock_drains, slabs_released, remote_frees, abandoned_frees, large_allocs, large_frees, shared_allocs, stubs_made, maintenance] =
         sum;
     SlowPaths {
         malloc_slow,
@@ -176,6 +182,8 @@ pub fn slow_paths() -> SlowPaths {
         abandoned_frees,
         large_allocs,
         large_frees,
+        shared_allocs,
+        stubs_made,
         maintenance,
     }
 }

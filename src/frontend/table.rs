@@ -74,6 +74,16 @@ pub struct Table {
     pub pins: u32,
     /// Retired: its scope closed; it owns no slab and forwards to the ancestor's table.
     pub dead: bool,
+    /// Whether the table allocates its first objects of each class from the heap's shared slabs
+    /// (through a stub per class, see `frontend::shared`): every table but the heap's root
+    /// table and its shared table.
+    pub shares: bool,
+    /// What its slabs' `owner` holds: the heap's address, or for the shared table the address
+    /// plus [`SHARED_OWNER`], so that a free of a shared object never takes the local fast path.
+    pub owner_id: usize,
+    /// The table's stubs, one per class it allocated from shared slabs (linked through
+    /// `tnext`/`tprev`; few: a class leaves them after `shared::GRADUATE_AT` objects).
+    pub(super) stubs: *mut Slab,
     /// The heap's list of all its tables.
     pub(super) next: *mut Table,
     /// The next table in this table's chain of the heap's index (see `table_for`).
@@ -102,6 +112,9 @@ impl EmptyTable {
             scope: null_mut(),
             pins: 0,
             dead: false,
+            shares: false,
+            owner_id: 0,
+            stubs: null_mut(),
             next: null_mut(),
             hnext: null_mut(),
         }))
@@ -209,6 +222,10 @@ pub(super) unsafe fn free_arrays(t: *mut Table) {
 
 pub(super) static TABLES: Pool<Table> = Pool::new();
 
+/// Added to a heap's address to make the owner word of its shared slabs: not a heap address
+/// (heaps are 16-byte aligned pool items), so `free`'s local test fails for them.
+pub(super) const SHARED_OWNER: usize = 8;
+
 /// Tables in existence, over all threads.
 pub fn tables_in_use() -> usize {
     TABLES.in_use()
@@ -228,6 +245,18 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
         (*t).scope = s;
         (*t).pins = 0;
         (*t).dead = false;
+        // The secure build keeps every table on slabs of its own: its free-list checks assume a
+        // list's blocks share a segment, which a stub's remote list does not.
+        (*t).shares = cfg!(not(feature = "secure"))
+            && s != scope::root()
+            && s != scope::shared()
+            && super::shared::SHARING.load(Ordering::Relaxed);
+        (*t).owner_id = if s == scope::shared() {
+            h as usize + SHARED_OWNER
+        } else {
+            h as usize
+        };
+        (*t).stubs = null_mut();
         (*t).next = (*h).tables;
         (*t).hnext = null_mut();
         (*h).tables = t;

@@ -19,6 +19,9 @@ pub struct Heap {
     /// All the heap's tables (linked through `next`).
     pub(super) tables: *mut Table,
     pub(super) root: *mut Table,
+    /// The table of `scope::shared()`: the slabs that small scopes' first objects share (null if
+    /// it could not be made: every table then has slabs of its own).
+    pub(super) shared: *mut Table,
     pub(super) slow_count: u32,
     /// Tables on `tables`.
     pub(super) ntables: usize,
@@ -81,6 +84,7 @@ pub(super) fn heap_init() -> *mut Heap {
     unsafe {
         (*h).tables = null_mut();
         (*h).root = null_mut();
+        (*h).shared = null_mut();
         (*h).slow_count = 0;
         (*h).ntables = 0;
         (*h).buckets = null_mut();
@@ -96,6 +100,11 @@ pub(super) fn heap_init() -> *mut Heap {
         }
         (*root).pins = 1; // the root table lives as long as the heap
         (*h).root = root;
+        let shared = new_table(h, scope::shared());
+        if !shared.is_null() {
+            (*shared).pins = 1; // so does the shared table
+        }
+        (*h).shared = shared;
         if tls_table() == empty_table() {
             set_tls_table(root);
         }
@@ -172,6 +181,7 @@ unsafe fn release_dead_heap(h: *mut Heap) {
         (*h).ntables = 0;
         free_index(h);
         (*h).root = null_mut();
+        (*h).shared = null_mut();
         slow_paths::retire(h);
         HEAPS.free(h);
     }
@@ -198,7 +208,10 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
             scope::node_put(take_refused());
         }
         set_tls_table(empty_table());
-        (*(*h).root).pins -= 1; // the heap's own pin on its root table
+        (*(*h).root).pins -= 1; // the heap's own pins on its root and shared tables
+        if !(*h).shared.is_null() {
+            (*(*h).shared).pins -= 1;
+        }
         let mut t = (*h).tables;
         while !t.is_null() {
             let next = (*t).next;
@@ -218,6 +231,7 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
         (*h).ntables = 0;
         free_index(h);
         (*h).root = null_mut();
+        (*h).shared = null_mut();
         set_tls_heap(null_mut());
         slow_paths::retire(h);
         HEAPS.free(h);

@@ -4,7 +4,7 @@
 
 use super::protocol::{self, Counted, SlotLookup};
 use super::scope::{node_get, node_put, tree_lock, ScopeNode, TreeGuard};
-use super::slab::{Slab, OWNER_ABANDONED};
+use super::slab::{Slab, KIND_STUB, OWNER_ABANDONED};
 use crate::accounting::percpu_ref::PercpuRef;
 use crate::backend::pool::Pool;
 use crate::sync::{AtomicUsize, Ordering, SpinLock};
@@ -25,6 +25,9 @@ pub struct Cache {
     // Under the cache lock:
     pub(super) slabs: *mut Slab,
     abandoned: *mut Slab,
+    /// Abandoned stubs (see `slab::KIND_STUB`): apart from the slabs, so that adoption never
+    /// looks at them; the sweep walks both lists.
+    abandoned_stubs: *mut Slab,
     pub(super) folded_allocs: u64,
     pub(super) large_bytes: u64,
     pub(super) large_objects: u64,
@@ -40,8 +43,8 @@ pub struct Cache {
     sprev: *mut Cache,
 }
 
-/// The caches that have abandoned slabs, in sweep order (the sweep rotates through them): a
-/// cache is on it exactly while its abandoned list is not empty. Its lock comes after the cache
+/// The caches that have abandoned slabs or stubs, in sweep order (the sweep rotates through
+/// them): a cache is on it exactly while one of its two abandoned lists is not empty. Its lock comes after the cache
 /// locks in the lock order (a cache joins and leaves it with its own lock held).
 struct SweepList {
     head: *mut Cache,
@@ -166,6 +169,7 @@ fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
                 (*c).scope = s;
                 (*c).slabs = null_mut();
                 (*c).abandoned = null_mut();
+                (*c).abandoned_stubs = null_mut();
                 (*c).folded_allocs = 0;
                 (*c).large_bytes = 0;
                 (*c).large_objects = 0;
@@ -289,38 +293,49 @@ impl Cache {
     /// # Safety
     /// Cache lock held; `s` is attached and not abandoned.
     pub unsafe fn push_abandoned(&mut self, s: *mut Slab) {
-        // SAFETY: the cache lock (held, per the contract) guards the abandoned list; the sweep
+        // SAFETY: the cache lock (held, per the contract) guards the abandoned lists; the sweep
         // list has its own lock, taken after the cache lock.
         unsafe {
-            (*s).aprev = null_mut();
-            (*s).anext = self.abandoned;
-            if self.abandoned.is_null() {
+            if self.abandoned.is_null() && self.abandoned_stubs.is_null() {
                 SWEEP_LIST.lock().push_tail(self as *mut Cache);
-            } else {
-                (*self.abandoned).aprev = s;
             }
-            self.abandoned = s;
+            let head = if (*s).kind == KIND_STUB {
+                &mut self.abandoned_stubs
+            } else {
+                &mut self.abandoned
+            };
+            (*s).aprev = null_mut();
+            (*s).anext = *head;
+            if !head.is_null() {
+                (**head).aprev = s;
+            }
+            *head = s;
         }
     }
 
-    /// Takes `s` off the abandoned list; the cache leaves the sweep list when that empties it.
+    /// Takes `s` off its abandoned list; the cache leaves the sweep list when both are empty.
     ///
     /// # Safety
-    /// Cache lock held; `s` is on the abandoned list.
+    /// Cache lock held; `s` is on an abandoned list of this cache.
     unsafe fn unlink_abandoned(&mut self, s: *mut Slab) {
-        // SAFETY: s is on the abandoned list, which the held cache lock guards.
+        // SAFETY: s is on an abandoned list, which the held cache lock guards.
         unsafe {
+            let head = if (*s).kind == KIND_STUB {
+                &mut self.abandoned_stubs
+            } else {
+                &mut self.abandoned
+            };
             if !(*s).aprev.is_null() {
                 (*(*s).aprev).anext = (*s).anext;
             } else {
-                self.abandoned = (*s).anext;
+                *head = (*s).anext;
             }
             if !(*s).anext.is_null() {
                 (*(*s).anext).aprev = (*s).aprev;
             }
             (*s).anext = null_mut();
             (*s).aprev = null_mut();
-            if self.abandoned.is_null() {
+            if self.abandoned.is_null() && self.abandoned_stubs.is_null() {
                 SWEEP_LIST.lock().remove(self as *mut Cache);
             }
         }
@@ -342,6 +357,11 @@ impl Cache {
     /// The abandoned slabs (lock held), for sweeping.
     pub fn abandoned_head(&self) -> *mut Slab {
         self.abandoned
+    }
+
+    /// The abandoned stubs (lock held), for sweeping.
+    pub fn abandoned_stubs_head(&self) -> *mut Slab {
+        self.abandoned_stubs
     }
 
     /// Records a new large object (lock held); `huge`: it has a mapping of its own.

@@ -99,8 +99,24 @@ impl ScopeNode {
         name[1] = b'o';
         name[2] = b'o';
         name[3] = b't';
+        ScopeNode::top(1, name, 4)
+    }
+
+    /// The node of the shared slabs: outside the tree (no parent, nobody's child), never closed.
+    const fn shared() -> ScopeNode {
+        let mut name = [0u8; NAME_MAX];
+        let label = b"shared slabs";
+        let mut i = 0;
+        while i < label.len() {
+            name[i] = label[i];
+            i += 1;
+        }
+        ScopeNode::top(u64::MAX, name, label.len() as u8)
+    }
+
+    const fn top(id: u64, name: [u8; NAME_MAX], name_len: u8) -> ScopeNode {
         ScopeNode {
-            id: AtomicU64::new(1),
+            id: AtomicU64::new(id),
             refs: AtomicUsize::new(1),
             handles: AtomicUsize::new(1),
             state: AtomicU8::new(LIVE),
@@ -117,7 +133,7 @@ impl ScopeNode {
             scratch: Usage::ZERO,
             caches: [const { AtomicPtr::new(null_mut()) }; NCLASSES + 1],
             cache_mask: 0,
-            name_len: 4,
+            name_len,
             name,
         }
     }
@@ -144,6 +160,16 @@ static ROOT: RootCell = RootCell(core::cell::UnsafeCell::new(ScopeNode::root()))
 #[inline]
 pub fn root() -> *mut ScopeNode {
     ROOT.0.get()
+}
+
+static SHARED: RootCell = RootCell(core::cell::UnsafeCell::new(ScopeNode::shared()));
+
+/// The node that the shared slabs of small scopes belong to (see `frontend::shared`). It is not
+/// in the tree: its counter holds the bytes of the objects in shared slabs (each also charged to
+/// its own scope through its stub), and no statistics of the tree read it.
+#[inline]
+pub fn shared() -> *mut ScopeNode {
+    SHARED.0.get()
 }
 
 /// The tree lock: the children lists, the `reparented` lists, cache creation and release, close,
@@ -384,6 +410,11 @@ unsafe fn close_node(_tree: &TreeGuard, x: *mut ScopeNode, target: *mut ScopeNod
                     // We hold the tree lock; c is dying and on no reparented list yet.
                     link_reparented(target, c);
                     node_put(x);
+                    // The cache's reference on its origin goes too: a dying cache that objects
+                    // keep (in the request-cache workload, one survivor per request) must not
+                    // keep its closed scope, which nothing reads any more (issue 10).
+                    (*c).origin = null_mut();
+                    node_put(x);
                     if release_now {
                         super::cache::release_cache_tree_locked(_tree, c);
                     }
@@ -491,7 +522,10 @@ pub fn trim_pools() {
 pub fn lock_for_fork() {
     TREE_LOCK.lock_for_fork();
     // SAFETY: the root is static.
-    unsafe { (*root()).lock.lock() };
+    unsafe {
+        (*root()).lock.lock();
+        (*shared()).lock.lock();
+    }
     // Pool memory is never unmapped, and a free item's lock is just an unused lock.
     // SAFETY: as just said, every item of the pools is a valid node or cache.
     SCOPES.for_each(|n, _| unsafe { (*n).lock.lock() });
@@ -509,7 +543,10 @@ pub fn unlock_after_fork() {
     // SAFETY: as above.
     SCOPES.for_each(|n, _| unsafe { (*n).lock.force_unlock() });
     // SAFETY: as above.
-    unsafe { (*root()).lock.force_unlock() };
+    unsafe {
+        (*shared()).lock.force_unlock();
+        (*root()).lock.force_unlock();
+    }
     TREE_LOCK.force_unlock();
 }
 

@@ -30,6 +30,12 @@ pub const KIND_SMALL: u8 = 1;
 pub const KIND_LARGE: u8 = 2;
 /// Descriptor kind: one huge object in a mapping of its own.
 pub const KIND_HUGE: u8 = 3;
+/// Descriptor kind: a *stub*, the accounting half of a slab without pages (issue 10). A small
+/// scope's table keeps one per class it uses: its objects sit in the thread's shared slabs,
+/// each shared slab records per object the stub it was charged to (`Slab::origins`), and the
+/// stub keeps what a slab keeps for statistics and release (`used`, `allocs`, the remote-free
+/// list, its cache). Stubs come from a pool, never from a segment.
+pub const KIND_STUB: u8 = 4;
 
 /// A free object: its first word links it into a free list. The words are read and written only
 /// through [`Block::link`] and [`Block::set_link`], which tell Valgrind's memcheck (feature
@@ -114,7 +120,10 @@ pub struct Slab {
     /// Small slabs: `capacity * block_size`, the bytes of its blocks from `start` (the C `free`'s
     /// range check, without a multiplication).
     pub blocks_bytes: u32,
-    _pad1: [u8; 16],
+    /// A shared slab (its table's scope is `scope::shared()`): per object, the stub it is charged
+    /// to, in the slab's span after its blocks. Null for every other slab.
+    pub origins: *mut *mut Slab,
+    _pad1: [u8; 8],
     // Line 2: the owner thread.
     pub free: *mut Block,
     pub used: AtomicU32,
@@ -158,7 +167,8 @@ impl Slab {
             kind: KIND_FREE,
             zeroed: false,
             blocks_bytes: 0,
-            _pad1: [0; 16],
+            origins: null_mut(),
+            _pad1: [0; 8],
             free: null_mut(),
             used: AtomicU32::new(0),
             release_at: 0,
@@ -180,6 +190,50 @@ impl Slab {
     pub fn live(&self) -> u32 {
         let pending = remote::remote_pending(&self.thread_free);
         self.used.load(Ordering::Relaxed).saturating_sub(pending)
+    }
+}
+
+/// The stub that object `p` of shared slab `s` is charged to.
+///
+/// # Safety
+/// `s` is a shared slab (`origins` set) and `p` a block of it that was handed out.
+#[inline]
+pub unsafe fn origin_stub(s: *const Slab, p: *const u8) -> *mut Slab {
+    // SAFETY: p is a block of s (the contract), so its index is below the capacity, and the
+    // origin array has one word per block.
+    unsafe {
+        let i = (p as usize - (*s).start as usize) / (*s).block_size as usize;
+        *(*s).origins.add(i)
+    }
+}
+
+/// Records that block `p` of shared slab `s` is charged to `stub`.
+///
+/// # Safety
+/// As [`origin_stub`]; the caller owns `s` (its thread hands `p` out).
+#[inline]
+pub unsafe fn set_origin(s: *mut Slab, p: *const u8, stub: *mut Slab) {
+    // SAFETY: as in origin_stub.
+    unsafe {
+        let i = (p as usize - (*s).start as usize) / (*s).block_size as usize;
+        *(*s).origins.add(i) = stub;
+    }
+}
+
+/// The cache that live object `p` of small slab or large object `s` is charged to: the slab's,
+/// or for a shared slab the cache of the object's stub.
+///
+/// # Safety
+/// `s` is `slab_of(p)` and `p` a live object of ours.
+#[inline]
+pub unsafe fn origin_cache(s: *const Slab, p: *const u8) -> *mut Cache {
+    // SAFETY: p is live (the contract): its stub, if any, counts it and is alive.
+    unsafe {
+        if (*s).origins.is_null() {
+            (*s).cache
+        } else {
+            (*origin_stub(s, p)).cache
+        }
     }
 }
 
@@ -344,6 +398,7 @@ impl Slab {
     /// Marks the descriptor free (describes nothing) before its span goes back.
     pub fn mark_free(&mut self) {
         self.kind = KIND_FREE;
+        self.origins = null_mut();
         self.owner.store(OWNER_NONE, Ordering::Relaxed);
     }
 }

@@ -4,6 +4,7 @@
 use super::cache::Cache;
 use super::scope::{own_caches, tree_lock, ScopeNode, TreeGuard};
 use super::size_class::{class_of, LARGE_CLASS, NCLASSES};
+use super::slab::KIND_STUB;
 use crate::accounting::counter::EventCounts;
 use crate::sync::Ordering;
 
@@ -181,7 +182,8 @@ pub(super) unsafe fn cache_figures(c: *mut Cache) -> CacheFigures {
             let size = (*s).block_size as u64;
             f.bytes += live * size;
             f.objects += live;
-            f.slabs += 1;
+            // A stub has no pages: its objects sit in shared slabs (slab::KIND_STUB).
+            f.slabs += ((*s).kind != KIND_STUB) as u64;
             f.capacity_bytes += (*s).capacity as u64 * size;
             s = (*s).cnext;
         }

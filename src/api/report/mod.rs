@@ -53,12 +53,20 @@ pub enum ClassKind {
 /// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
 /// use scopealloc::{ClassKind, Scope};
 /// let s = Scope::root().child("class-doc");
-/// let v: Vec<Box<[u8; 64]>> = s.run(|| (0..10).map(|_| Box::new([0u8; 64])).collect());
+/// // A scope's first objects of a class sit in slabs shared with other small scopes: no slab
+/// // of its own yet.
+/// let few: Vec<Box<[u8; 64]>> = s.run(|| (0..10).map(|_| Box::new([0u8; 64])).collect());
 /// let r = s.report();
 /// let row = r.scopes[0].classes.iter().find(|c| c.object_size == 64).unwrap();
 /// assert_eq!((row.kind, row.objects, row.bytes), (ClassKind::Small, 10, 640));
+/// assert_eq!(row.slabs, 0);
+/// // Past a few dozen objects the class gets slabs of its own.
+/// let more: Vec<Box<[u8; 64]>> = s.run(|| (0..100).map(|_| Box::new([0u8; 64])).collect());
+/// let r = s.report();
+/// let row = r.scopes[0].classes.iter().find(|c| c.object_size == 64).unwrap();
+/// assert_eq!((row.objects, row.bytes), (110, 110 * 64));
 /// assert!(row.slabs >= 1 && row.free_bytes > 0); // the rest of the slab is free
-/// drop(v);
+/// drop((few, more));
 /// ```
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +83,8 @@ pub struct ClassReport {
     /// Bytes free inside the scope's slabs of this class (capacity × object size − `bytes`):
     /// its fragmentation. 0 for large and huge rows.
     pub free_bytes: u64,
-    /// Slabs of this class charged to the scope (0 for large and huge rows).
+    /// Slabs of this class charged to the scope (0 for large and huge rows, and for objects in
+    /// shared slabs: see `ARCHITECTURE.md`, "Shared slabs").
     pub slabs: u64,
 }
 
