@@ -443,6 +443,10 @@ unsafe impl Sync for SlabWorld {}
 impl SlabWorld {
     /// A slab owned by heap T, with object 0 handed out and object 1 on its free list.
     fn new() -> Arc<Self> {
+        Arc::new(Self::build())
+    }
+
+    fn build() -> Self {
         let nodes = [(); CAPACITY].map(|_| Box::into_raw(Box::new(Node { next: null_mut() })));
         let slab = Box::into_raw(Box::new(Slab {
             owner: AtomicUsize::new(HEAP_T),
@@ -453,11 +457,11 @@ impl SlabWorld {
         }));
         // SAFETY: the slab is ours (T's) until the threads start.
         unsafe { free_local(&*slab, nodes[1]) };
-        Arc::new(SlabWorld {
+        SlabWorld {
             cache: new_cache(0, 1),
             slab,
             nodes,
-        })
+        }
     }
 
     fn s(&self) -> &Slab {
@@ -658,6 +662,224 @@ fn sweep_vs_remote_free() {
             thread::spawn(move || w.free_remote())
         };
         w.sweep();
+        t.join().unwrap();
+        f.join().unwrap();
+        w.finish();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model stubs: an object of a shared slab, charged through a stub (`frontend::shared`).
+
+const HEAP_F: usize = 0x300;
+const HEAP_M: usize = 0x400;
+
+/// A stub (`slab::KIND_STUB`: the model `Slab`, with no objects of its own) counting object 0,
+/// which lives in shared slab `phys` beside object 1 (free). Both owned by heap T; each has its
+/// cache (the stub's: the scope's; the slab's: `scope::shared()`'s).
+struct StubWorld {
+    stub_cache: *mut Cache,
+    stub: *mut Slab,
+    slab: SlabWorld,
+}
+
+// SAFETY: as for SlabWorld.
+unsafe impl Send for StubWorld {}
+// SAFETY: as above.
+unsafe impl Sync for StubWorld {}
+
+impl StubWorld {
+    fn new() -> Arc<Self> {
+        let slab = SlabWorld::build();
+        let stub = Box::into_raw(Box::new(Slab {
+            owner: AtomicUsize::new(HEAP_T),
+            thread_free: AtomicU64::new(0),
+            used: AtomicU32::new(1),
+            free: UnsafeCell::new(null_mut()),
+            released: AtomicBool::new(false),
+        }));
+        Arc::new(StubWorld {
+            stub_cache: new_cache(0, 1),
+            stub,
+            slab,
+        })
+    }
+
+    fn stub(&self) -> &Slab {
+        // SAFETY: freed only in drop.
+        unsafe { &*self.stub }
+    }
+
+    /// `shared::free_physically` of `n` (uncharged already) by heap `me`.
+    fn free_physically(&self, me: usize, n: *mut Node) {
+        let w = &self.slab;
+        if w.s().owner.load(Ordering::Relaxed) == me {
+            // SAFETY: `me` owns the shared slab.
+            unsafe { free_local(w.s(), n) };
+            return;
+        }
+        // SAFETY: n is counted in the slab's `used`, freed once, here.
+        match unsafe { protocol::free_not_owned(w.slab, w.cache, n) } {
+            NotOwnedFree::Pushed => {}
+            NotOwnedFree::AbandonedLocked => {
+                // SAFETY: the cache lock makes us the abandoned slab's owner.
+                unsafe { free_local(w.s(), n) };
+                w.sweep_locked();
+            }
+        }
+    }
+
+    /// Takes the nodes off the stub's free list (they came from its remote list).
+    ///
+    /// # Safety
+    /// The caller owns the stub (its thread, or the stub's cache lock while abandoned).
+    unsafe fn detach(&self) -> Vec<*mut Node> {
+        let mut v = Vec::new();
+        // SAFETY: the caller owns the stub (the contract); the cell checks it.
+        self.stub().free.with_mut(|f| unsafe {
+            let mut n = *f;
+            while !n.is_null() {
+                v.push(n);
+                n = (*n).next;
+            }
+            *f = null_mut();
+        });
+        v
+    }
+
+    /// `shared::sweep_stub_locked`: stub cache locked, stub abandoned. Returns the nodes taken,
+    /// to be freed physically after the unlock.
+    fn sweep_stub_locked(&self) -> Vec<*mut Node> {
+        let c = self.stub_cache;
+        let mut taken = Vec::new();
+        // SAFETY: the lock is held and the stub abandoned in c: we own it.
+        let swept = unsafe {
+            protocol::sweep_locked(
+                c,
+                self.stub,
+                |_n| {
+                    touch(c);
+                    taken = self.detach();
+                },
+                || (*c).abandoned.with_mut(|a| *a = false),
+            )
+        };
+        if let Swept::Emptied { last } = swept {
+            let s = self.stub();
+            assert!(!s.released.load(SEQ), "a stub released twice");
+            assert_eq!(s.used.load(SEQ), 0);
+            assert_eq!(
+                remote_pending(&s.thread_free),
+                0,
+                "stub released under a pusher"
+            );
+            s.released.store(true, SEQ);
+            assert!(!last, "a live cache is never released");
+        }
+        taken
+    }
+
+    /// Thread T exits: `shared::abandon_stubs`, then `abandon_table` of its shared table.
+    fn exit_t(&self) {
+        let c = self.stub_cache;
+        // SAFETY: T owns the stub; its cache is alive (the stub's reference).
+        let taken = unsafe {
+            (*c).refs.lock();
+            (*c).abandoned.with_mut(|a| *a = true);
+            protocol::abandon_locked(self.stub);
+            let taken = self.detach();
+            if self.stub().used.load(Ordering::Relaxed) == 0 {
+                let mut more = self.sweep_stub_locked();
+                more.extend(&taken);
+                more
+            } else {
+                (*c).refs.unlock();
+                taken
+            }
+        };
+        for n in taken {
+            self.free_physically(HEAP_T, n);
+        }
+        self.slab.abandon();
+    }
+
+    /// `shared::free_shared` of object 0 by heap F.
+    fn free_f(&self) {
+        let n = self.slab.nodes[0];
+        // SAFETY: object 0 is live and freed once, here.
+        match unsafe { protocol::free_not_owned(self.stub, self.stub_cache, n) } {
+            NotOwnedFree::Pushed => {}
+            NotOwnedFree::AbandonedLocked => {
+                let s = self.stub();
+                s.used
+                    .store(s.used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                for m in self.sweep_stub_locked() {
+                    self.free_physically(HEAP_F, m);
+                }
+                self.free_physically(HEAP_F, n);
+            }
+        }
+    }
+
+    /// `abandon::sweep_cache` of the stub's cache, by heap `me`.
+    fn sweep_stub(&self, me: usize) {
+        let c = self.stub_cache;
+        // SAFETY: the cache is alive.
+        let taken = unsafe {
+            (*c).refs.lock();
+            let abandoned = (*c).abandoned.with(|a| *a);
+            if abandoned && protocol::sweep_candidate(self.stub()) {
+                self.sweep_stub_locked()
+            } else {
+                (*c).refs.unlock();
+                Vec::new()
+            }
+        };
+        for n in taken {
+            self.free_physically(me, n);
+        }
+    }
+
+    fn finish(&self) {
+        if !self.stub().released.load(SEQ) {
+            self.sweep_stub(HEAP_M);
+        }
+        assert!(
+            self.stub().released.load(SEQ),
+            "an empty stub was never released"
+        );
+        self.slab.finish();
+    }
+}
+
+impl Drop for StubWorld {
+    fn drop(&mut self) {
+        // SAFETY: every thread joined; both came from Box::into_raw.
+        unsafe {
+            drop(Box::from_raw(self.stub));
+            drop(Box::from_raw(self.stub_cache));
+        }
+    }
+}
+
+/// The seed's race (b) for shared slabs: thread T exits, abandoning its stub and then its
+/// shared slab, while F frees T's object (the logical half on the stub: pushed if F read T as
+/// its owner, else under the stub's cache lock; then the physical half on the slab) and the
+/// sweep runs. The stub is released once, with no pusher in flight and nothing counted; the
+/// object comes back to its slab exactly once, and the slab is released once.
+#[test]
+fn stub_abandon_vs_shared_free_vs_sweep() {
+    model(Some(2), || {
+        let w = StubWorld::new();
+        let t = {
+            let w = w.clone();
+            thread::spawn(move || w.exit_t())
+        };
+        let f = {
+            let w = w.clone();
+            thread::spawn(move || w.free_f())
+        };
+        w.sweep_stub(HEAP_M);
         t.join().unwrap();
         f.join().unwrap();
         w.finish();

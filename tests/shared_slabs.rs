@@ -43,7 +43,8 @@ fn fill(s: &Scope, size: usize, n: usize) -> Vec<usize> {
     v
 }
 
-/// The figure of live stubs once earlier tests' leftovers are settled.
+/// The figure of live stubs once earlier tests' leftovers are settled. The threads of earlier
+/// tests may still be exiting (their stubs go then), so later figures are compared with `<=`.
 fn settled_stubs() -> usize {
     trim();
     testing::stubs_in_use()
@@ -159,9 +160,8 @@ fn survivors_of_a_closed_scope_keep_no_scope_and_release_their_stubs_at_the_last
     let ps = parent.stats();
     assert_eq!((ps.bytes, ps.objects), (0, 0), "{ps:?}");
     trim();
-    assert_eq!(
-        testing::stubs_in_use(),
-        stubs0,
+    assert!(
+        testing::stubs_in_use() <= stubs0,
         "every stub released at its last free"
     );
     let g = global_stats();
@@ -193,7 +193,7 @@ fn objects_of_an_exited_thread_in_shared_slabs_are_freed_and_released_elsewhere(
     let st = s.stats();
     assert_eq!((st.bytes, st.objects), (0, 0), "{st:?}");
     trim();
-    assert_eq!(testing::stubs_in_use(), stubs0);
+    assert!(testing::stubs_in_use() <= stubs0);
     s.close();
 }
 
@@ -218,9 +218,8 @@ fn remote_frees_racing_a_thread_exit_are_found_by_the_sweep() {
         s.close();
     }
     trim();
-    assert_eq!(
-        testing::stubs_in_use(),
-        stubs0,
+    assert!(
+        testing::stubs_in_use() <= stubs0,
         "the sweep released every stub"
     );
 }
