@@ -19,6 +19,18 @@ static GLOBAL: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// This test's turn (a failed test's poison does not stop the others).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `s` holds nothing any more; closes it.
+fn assert_empty_and_close(s: &Scope, what: &str) {
+    let st = s.stats();
+    assert_eq!((st.bytes, st.objects), (0, 0), "{what}: {st:?}");
+    s.close();
+}
+
 /// Objects a class takes from shared slabs before it gets slabs of its own (`shared::GRADUATE_AT`).
 const GRADUATE_AT: usize = 32;
 
@@ -64,7 +76,7 @@ fn usable(p: usize) -> u64 {
 
 #[test]
 fn a_small_scope_takes_no_slab_until_it_graduates() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let s = Scope::root().child("small");
     let before = scopealloc::slow_paths();
     let few = fill(&s, 64, 5);
@@ -98,14 +110,12 @@ fn a_small_scope_takes_no_slab_until_it_graduates() {
     );
     free_all(&few, 64);
     free_all(&more, 64);
-    let st = s.stats();
-    assert_eq!((st.bytes, st.objects), (0, 0), "{st:?}");
-    s.close();
+    assert_empty_and_close(&s, "after every free");
 }
 
 #[test]
 fn objects_of_shared_slabs_freed_by_another_thread_leave_their_scope_at_once() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let s = Scope::root().child("remote");
     let v = fill(&s, 100, 10);
     let each = usable(v[0]);
@@ -126,7 +136,7 @@ fn objects_of_shared_slabs_freed_by_another_thread_leave_their_scope_at_once() {
 
 #[test]
 fn survivors_of_a_closed_scope_keep_no_scope_and_release_their_stubs_at_the_last_free() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let parent = Scope::root().child("tenant");
     let stubs0 = settled_stubs();
     let mut kept = Vec::new();
@@ -171,7 +181,7 @@ fn survivors_of_a_closed_scope_keep_no_scope_and_release_their_stubs_at_the_last
 
 #[test]
 fn objects_of_an_exited_thread_in_shared_slabs_are_freed_and_released_elsewhere() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let s = Scope::root().child("exited");
     let stubs0 = settled_stubs();
     let s2 = s.clone();
@@ -199,7 +209,7 @@ fn objects_of_an_exited_thread_in_shared_slabs_are_freed_and_released_elsewhere(
 
 #[test]
 fn remote_frees_racing_a_thread_exit_are_found_by_the_sweep() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let stubs0 = settled_stubs();
     for round in 0..20 {
         let s = Scope::root().child("race");
@@ -213,9 +223,7 @@ fn remote_frees_racing_a_thread_exit_are_found_by_the_sweep() {
         let freer = thread::spawn(move || free_all(&v, 64));
         owner.join().unwrap();
         freer.join().unwrap();
-        let st = s.stats();
-        assert_eq!((st.bytes, st.objects), (0, 0), "round {round}: {st:?}");
-        s.close();
+        assert_empty_and_close(&s, &format!("round {round}"));
     }
     trim();
     assert!(
@@ -226,7 +234,7 @@ fn remote_frees_racing_a_thread_exit_are_found_by_the_sweep() {
 
 #[test]
 fn a_limit_holds_for_objects_in_shared_slabs() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let s = Scope::root().child("limited");
     s.set_limit(Some(4096));
     // Made outside the scope: its buffer must not count against the limit.
@@ -255,7 +263,7 @@ fn a_limit_holds_for_objects_in_shared_slabs() {
 
 #[test]
 fn realloc_of_a_shared_object_stays_in_its_scope() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let s = Scope::root().child("realloc-origin");
     let v = fill(&s, 40, 1);
     // Outside the scope: the grown block is charged to the old one's scope.
@@ -278,7 +286,7 @@ fn realloc_of_a_shared_object_stays_in_its_scope() {
 
 #[test]
 fn many_threads_share_small_scopes_and_free_each_others_objects() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let threads: usize = std::env::var("SHARED_SLABS_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
