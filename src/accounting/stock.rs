@@ -92,9 +92,13 @@ impl Stock {
     pub fn drain(&mut self, counter: &Counter, keep: i64) {
         if self.avail > keep {
             let back = self.avail - keep;
-            counter.uncharge(back as u64);
+            // The stock first, then the counter: a fork that lands between the two leaves the
+            // child a stock that holds less than was charged (figures a little high), never one
+            // that would give the same bytes back twice (see `thread_heap::release_dead_heap`,
+            // which drains the stocks of threads the child does not have, wherever they were).
             self.avail = keep;
             self.held -= back;
+            counter.uncharge(back as u64);
         }
         self.set_marks();
     }

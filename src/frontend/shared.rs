@@ -55,6 +55,15 @@ pub static SHARING: AtomicBool = AtomicBool::new(true);
 
 static STUBS: Pool<Slab> = Pool::new();
 
+/// Takes (`on`) or releases the stubs' pool lock, for the fork handlers.
+pub(super) fn stubs_pool_lock(on: bool) {
+    if on {
+        STUBS.lock();
+    } else {
+        STUBS.unlock();
+    }
+}
+
 /// Stubs in existence (`testing::stubs_in_use`).
 pub fn stubs_in_use() -> usize {
     STUBS.in_use()

@@ -51,6 +51,15 @@ pub(super) static EMPTY_ARRAYS: EmptyArrays = EmptyArrays(UnsafeCell::new(ClassA
 
 static ARRAYS: Pool<ClassArrays> = Pool::new();
 
+/// Takes (`on`) or releases the class arrays' pool lock, for the fork handlers.
+pub(super) fn arrays_pool_lock(on: bool) {
+    if on {
+        ARRAYS.lock();
+    } else {
+        ARRAYS.unlock();
+    }
+}
+
 /// Tables' class arrays in existence (`testing`: a table pays for them only once it has slabs).
 pub fn class_arrays_in_use() -> usize {
     ARRAYS.in_use()

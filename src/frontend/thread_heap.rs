@@ -339,7 +339,11 @@ pub fn pools_lock(on: bool) {
     if on {
         HEAPS.lock();
         TABLES.lock();
+        super::table::arrays_pool_lock(true);
+        super::shared::stubs_pool_lock(true);
     } else {
+        super::shared::stubs_pool_lock(false);
+        super::table::arrays_pool_lock(false);
         TABLES.unlock();
         HEAPS.unlock();
     }
