@@ -41,6 +41,28 @@ fn secure_rust_blocks_of_classes_aligned_to_8_bytes_are_reused_without_alarm() {
     }
 }
 
+/// The Rust path refuses absurd sizes too (above 1 TiB), with null, and serves a large one.
+#[cfg(feature = "secure")]
+#[test]
+fn secure_rust_requests_above_a_tebibyte_are_refused() {
+    use std::alloc::{GlobalAlloc, Layout};
+    for (size, align) in [(1usize << 42, 8usize), (1 << 41, 4096), (1 << 40, 1 << 41)] {
+        let l = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: a non-zero layout; a refused request returns null.
+        assert!(
+            unsafe { GLOBAL.alloc(l) }.is_null(),
+            "{size} aligned to {align}"
+        );
+    }
+    let l = Layout::from_size_align(8 << 20, 8).unwrap();
+    // SAFETY: a non-zero layout; the block is freed with it.
+    unsafe {
+        let p = GLOBAL.alloc(l);
+        assert!(!p.is_null());
+        GLOBAL.dealloc(p, l);
+    }
+}
+
 /// Seconds before a run counts as hung.
 const TIMEOUT: &str = "20";
 
@@ -84,6 +106,12 @@ const SECURE_CATCHES: &[&str] = &[
     "write-after-free-64",
     "write-after-free-4k",
     "absurd-size",
+    "absurd-size-half-max",
+    "absurd-size-4t",
+    "absurd-calloc-overflow",
+    "absurd-calloc-4t",
+    "absurd-realloc-4t",
+    "absurd-aligned-4t",
 ];
 
 /// A mode the plain library does not catch and the secure one does: if the plain library caught

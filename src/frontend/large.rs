@@ -59,9 +59,22 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
     }
 }
 
+/// Secure build: the largest request (size or alignment) served, 1 TiB. Anything bigger is
+/// refused (null; `ENOMEM` in C) without asking the OS: no machine this runs on has that much
+/// memory, and with `MAP_NORESERVE` the kernel would map far more than it could ever back, so a
+/// size computed from an overflowed or attacker-chosen length (`malloc(n * m)`, `SIZE_MAX / 2`)
+/// would otherwise succeed and be written into later. The normal build refuses only above
+/// `PTRDIFF_MAX` (the C library) and what the OS refuses.
+#[cfg(feature = "secure")]
+pub const SECURE_MAX_REQUEST: usize = 1 << 40;
+
 /// Allocates a large or huge object (charged exactly, no stock). Null when out of memory or
-/// over a limit.
+/// over a limit (and, in the secure build, above [`SECURE_MAX_REQUEST`]).
 pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
+    #[cfg(feature = "secure")]
+    if size > SECURE_MAX_REQUEST || align > SECURE_MAX_REQUEST {
+        return null_mut();
+    }
     count(Slow::LargeAlloc);
     let in_segment = size <= LARGE_MAX && align <= LARGE_MAX;
     let usable = if in_segment {

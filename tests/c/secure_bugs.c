@@ -159,16 +159,87 @@ static void write_after_free(size_t n) {
 
 /* ---- absurd sizes ---- */
 
-static void absurd_size(size_t n) {
-    (void)n;
-    void *p = malloc((size_t)1 << 62);
-    if (p || errno != ENOMEM) {
-        printf("malloc(2^62) = %p, errno %d\n", p, errno);
+/* A request no machine could serve; the secure build refuses anything above 1 TiB. 4 TiB is
+ * still below what the address space (128 TiB) and the descriptor of a huge block can hold, so
+ * an allocator that maps with MAP_NORESERVE may well hand it out. */
+#define HUGE_REQUEST ((size_t)1 << 42)
+
+/* Hides a size from the compiler, which would warn about (or fold) a constant absurd request. */
+static size_t opaque(size_t v) {
+    volatile size_t x = v;
+    return x;
+}
+
+/* Refused properly (NULL and ENOMEM): reported as caught (the test reads the line); otherwise
+ * frees what it got and lets the mode run to its end (missed). */
+static void refused(const char *what, void *p, int err) {
+    if (p || err != ENOMEM) {
+        printf("%s = %p, errno %d\n", what, p, err);
+        free(p);
         return;
     }
-    /* Refused properly: report it as caught (the test reads this line). */
-    fprintf(stderr, "secure_bugs: malloc(2^62) refused with ENOMEM\n");
+    fprintf(stderr, "secure_bugs: %s refused with ENOMEM\n", what);
     exit(3);
+}
+
+static void absurd_size(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = malloc((size_t)1 << 62);
+    refused("malloc(2^62)", p, errno);
+}
+
+static void absurd_half_size_max(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = malloc(opaque(SIZE_MAX / 2));
+    refused("malloc(SIZE_MAX / 2)", p, errno);
+}
+
+static void absurd_4t(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = malloc(opaque(HUGE_REQUEST));
+    refused("malloc(2^42)", p, errno);
+}
+
+static void absurd_calloc_overflow(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = calloc(opaque(SIZE_MAX / 8), 16);
+    refused("calloc(SIZE_MAX / 8, 16)", p, errno);
+}
+
+static void absurd_calloc_4t(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = calloc(opaque((size_t)1 << 21), (size_t)1 << 21);
+    refused("calloc(2^21, 2^21)", p, errno);
+}
+
+/* The refused realloc must leave the block alone. */
+static void absurd_realloc_4t(size_t n) {
+    char *p = malloc(n);
+    memset(p, 0x44, n);
+    errno = 0;
+    void *q = realloc(p, opaque(HUGE_REQUEST));
+    int err = errno;
+    if (!q) {
+        for (size_t i = 0; i < n; i++)
+            if (p[i] != 0x44) {
+                printf("realloc(p, 2^42) refused but changed the block\n");
+                return;
+            }
+        free(p);
+    }
+    refused("realloc(p, 2^42)", q, err);
+}
+
+static void absurd_aligned_4t(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = aligned_alloc(4096, opaque(HUGE_REQUEST));
+    refused("aligned_alloc(4096, 2^42)", p, errno);
 }
 
 struct mode {
@@ -198,6 +269,12 @@ static const struct mode MODES[] = {
     SIZED("underflow-32-memcpy", underflow_32),
     SIZED("write-after-free", write_after_free),
     {"absurd-size", absurd_size, 0},
+    {"absurd-size-half-max", absurd_half_size_max, 0},
+    {"absurd-size-4t", absurd_4t, 0},
+    {"absurd-calloc-overflow", absurd_calloc_overflow, 0},
+    {"absurd-calloc-4t", absurd_calloc_4t, 0},
+    {"absurd-realloc-4t", absurd_realloc_4t, 64},
+    {"absurd-aligned-4t", absurd_aligned_4t, 0},
 };
 
 int main(int argc, char **argv) {
