@@ -6,7 +6,7 @@
  *
  * After the bug, each mode gives the allocator its chances to notice: the corrupted block and
  * its neighbours are freed, and blocks of the same size are allocated and freed again (reuse).
- * Sizes: 64 B (small), 4 KiB (medium), 256 KiB (large).
+ * Sizes: 64 B (small), 4 KiB (medium), 256 KiB (large), 4 MiB (huge: its own mapping).
  */
 #define _GNU_SOURCE
 #include <alloca.h>
@@ -145,6 +145,24 @@ static void corrupt(size_t n, long at, size_t len, int by_memcpy) {
     reuse(n);
 }
 
+/* The same for one huge block (4 MiB: its own mapping), without neighbours or reuse. */
+static void corrupt_one(size_t n, long at, size_t len, int by_memcpy) {
+    char *p = launder(malloc(n));
+    memset(p, 0x33, n);
+    static const char junk[64] = "overflow overflow overflow overflow overflow overflow overflo";
+    if (by_memcpy)
+        memcpy(p + at, junk, len);
+    else
+        for (size_t i = 0; i < len; i++) ((volatile char *)p)[at + (long)i] = 'X';
+    free(p);
+    free(malloc(n));
+}
+
+static void overflow_1_huge(size_t n) { corrupt_one(n, (long)n, 1, 0); }
+static void overflow_32_huge(size_t n) { corrupt_one(n, (long)n, 32, 1); }
+static void underflow_1_huge(size_t n) { corrupt_one(n, -1, 1, 0); }
+static void underflow_32_huge(size_t n) { corrupt_one(n, -32, 32, 1); }
+
 static void overflow_1(size_t n) { corrupt(n, (long)n, 1, 0); }
 static void overflow_32(size_t n) { corrupt(n, (long)n, 32, 1); }
 static void underflow_1(size_t n) { corrupt(n, -1, 1, 0); }
@@ -267,6 +285,10 @@ static const struct mode MODES[] = {
     SIZED("overflow-32-memcpy", overflow_32),
     SIZED("underflow-1", underflow_1),
     SIZED("underflow-32-memcpy", underflow_32),
+    {"overflow-1-4m", overflow_1_huge, 4 << 20},
+    {"overflow-32-memcpy-4m", overflow_32_huge, 4 << 20},
+    {"underflow-1-4m", underflow_1_huge, 4 << 20},
+    {"underflow-32-memcpy-4m", underflow_32_huge, 4 << 20},
     SIZED("write-after-free", write_after_free),
     {"absurd-size", absurd_size, 0},
     {"absurd-size-half-max", absurd_half_size_max, 0},
