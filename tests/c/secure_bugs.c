@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include <alloca.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -168,6 +169,51 @@ static void overflow_32(size_t n) { corrupt(n, (long)n, 32, 1); }
 static void underflow_1(size_t n) { corrupt(n, -1, 1, 0); }
 static void underflow_32(size_t n) { corrupt(n, -32, 32, 1); }
 
+/* A string of n characters copied into n bytes: its terminator lands one past the end. */
+static void overflow_nul(size_t n) {
+    char *q[NEIGHBOURS];
+    for (int i = 0; i < NEIGHBOURS; i++) q[i] = malloc(n);
+    char *src = malloc(n + 1);
+    memset(src, 'a', n);
+    src[n] = 0;
+    strcpy(launder(q[NEIGHBOURS / 2]), src);
+    free(src);
+    for (int i = 0; i < NEIGHBOURS; i++) free(q[i]);
+    reuse(n);
+}
+
+/* A block shrunk by realloc (in place, in most allocators), then written past its new end. */
+static void overflow_after_realloc(size_t n) {
+    char *p = malloc(n);
+    memset(p, 0x55, n);
+    char *q = realloc(p, n / 2 + 8);
+    ((volatile char *)launder(q))[n / 2 + 8] = 'X';
+    free(q);
+    reuse(n);
+}
+
+/* A write after free into the last 8 bytes of a block, where no free-list word lies. */
+static void write_after_free_tail(size_t n) {
+    char *p = malloc(n);
+    free(p);
+    memcpy((char *)launder(p) + n - 8, "written.", 8);
+    reuse(n);
+}
+
+/* Not a bug: every byte malloc_usable_size reports may be written. Must run to its end. */
+static void usable_size_is_writable(size_t n) {
+    (void)n;
+    for (size_t size = 0; size <= 5000; size += 7) {
+        char *p = malloc(size);
+        memset(p, 0x66, malloc_usable_size(p));
+        p = realloc(p, size / 2 + 1);
+        memset(p, 0x67, malloc_usable_size(p));
+        p = realloc(p, size + 100);
+        memset(p, 0x68, malloc_usable_size(p));
+        free(p);
+    }
+}
+
 static void write_after_free(size_t n) {
     char *p = malloc(n);
     free(p);
@@ -289,7 +335,12 @@ static const struct mode MODES[] = {
     {"overflow-32-memcpy-4m", overflow_32_huge, 4 << 20},
     {"underflow-1-4m", underflow_1_huge, 4 << 20},
     {"underflow-32-memcpy-4m", underflow_32_huge, 4 << 20},
+    {"overflow-nul-100", overflow_nul, 100},
+    {"overflow-1-after-realloc-64", overflow_after_realloc, 64},
     SIZED("write-after-free", write_after_free),
+    {"write-after-free-tail-64", write_after_free_tail, 64},
+    {"write-after-free-tail-4k", write_after_free_tail, 4096},
+    {"usable-size-is-writable", usable_size_is_writable, 0},
     {"absurd-size", absurd_size, 0},
     {"absurd-size-half-max", absurd_half_size_max, 0},
     {"absurd-size-4t", absurd_4t, 0},
