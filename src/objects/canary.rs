@@ -4,16 +4,19 @@
 //! the end of a free block when it is handed out again.
 //!
 //! ```text
-//!  live block b (size bytes, n asked):  [0, n) the program's | [n, n+8) pad (canary) | ... |
+//!  live block b (size bytes, n asked):  [0, n) the program's | byte n: pad (canary) | ... |
 //!                                       [size-8, size) trailer = canary_key ^ b ^ n
 //!  free block b:                        word 0 link, word 1 tag (objects::free_list) | ... |
 //!                                       [size-8, size) trailer = canary_key ^ b ^ FREE
 //! ```
 //! `canary_key` is a third random key of the block's segment
-//! (`backend::segment::Segment::canary_key`), independent of the link and tag keys. The pad is up
-//! to 8 bytes of `pattern(key, b)` (stopping at the trailer; none when `n = size - 8`): a linear
-//! overflow of any length writes byte `n` first, so 8 bytes are enough, and no byte of the pattern
-//! is zero, so a string's terminator written one past the end is always seen. A write that changes
+//! (`backend::segment::Segment::canary_key`), independent of the link and tag keys. The pad is the
+//! one byte at `n` (none when `n = size - 8`: the trailer follows the data): a linear overflow of
+//! any length writes byte `n` first, so one byte is enough to see it (a longer one that happens
+//! to write the pad's value there is seen if it reaches the trailer). The pad byte is odd, so a
+//! string's terminator (or any even byte) written one past the end is always seen; a random byte
+//! goes unseen with probability 1/128. One byte, not a word, because the free path checks it on
+//! every free: a load and a compare, where a partial word needs a mask. A write that changes
 //! the trailer decodes to a length above `size - 8` or to another `n`, whose pad then does not
 //! match, with overwhelming probability. Checked by `frontend::free::check_small_free` (every
 //! free of a small block, from any thread), by `frontend::alloc::pop` (the free trailer of a block
@@ -31,8 +34,6 @@ pub const TRAILER: usize = 8;
 pub const MIN_BLOCK: usize = 16 + TRAILER;
 /// The trailer's length word of a free block: no request is that long.
 const FREE: u64 = 1 << 63;
-/// Set in every byte of the pad: no byte of it is zero.
-const NONZERO: u64 = 0x0101_0101_0101_0101;
 
 /// The canary key of `b`'s segment.
 ///
@@ -45,10 +46,10 @@ unsafe fn key(b: *const u8) -> u64 {
     unsafe { (*segment_of(b)).canary_key }
 }
 
-/// The pad of block `b`, as it lies in memory (little-endian bytes of one word).
+/// The pad byte of block `b`: odd, so never zero.
 #[inline(always)]
-fn pattern(key: u64, b: *const u8) -> u64 {
-    ((key.rotate_left(32) ^ b as u64) | NONZERO).to_le()
+fn pad(key: u64, b: *const u8) -> u8 {
+    ((key >> 32) as u8 ^ b as u8) | 1
 }
 
 /// The trailer word of block `b` of `size` bytes.
@@ -63,7 +64,7 @@ unsafe fn trailer(b: *mut u8, size: usize) -> *mut u64 {
 }
 
 /// Arms live block `b` of `size` bytes for a request of `n <= size - TRAILER` bytes: the pad
-/// after `n`, then the trailer.
+/// byte at `n`, then the trailer.
 ///
 /// # Safety
 /// `b` was just handed out (or is being resized in place), a block of `size >= MIN_BLOCK` bytes
@@ -71,11 +72,11 @@ unsafe fn trailer(b: *mut u8, size: usize) -> *mut u64 {
 #[inline(always)]
 pub unsafe fn arm(b: *mut u8, size: usize, n: usize) {
     debug_assert!(size >= MIN_BLOCK && n <= size - TRAILER);
-    // SAFETY: the block is the caller's; n + 8 <= size, so the pad's word lies in the block (its
-    // part past size - 8 is the trailer's, written after it).
+    // SAFETY: the block is the caller's; n < size, so the pad byte lies in the block (when
+    // n = size - 8 it is the trailer's first byte, written after it).
     unsafe {
         let k = key(b);
-        b.add(n).cast::<u64>().write_unaligned(pattern(k, b));
+        b.add(n).write(pad(k, b));
         trailer(b, size).write(k ^ b as u64 ^ n as u64);
     }
 }
@@ -88,7 +89,7 @@ pub unsafe fn arm(b: *mut u8, size: usize, n: usize) {
 #[inline(always)]
 pub unsafe fn length(b: *mut u8, size: usize) -> usize {
     // SAFETY: the block and its pad lie in the slab (the contract; the decoded n is checked
-    // before the pad at n is read).
+    // before the pad byte at n is read).
     unsafe {
         let k = key(b);
         let n = trailer(b, size).read() ^ k ^ b as u64;
@@ -96,17 +97,8 @@ pub unsafe fn length(b: *mut u8, size: usize) -> usize {
             overwritten(b);
         }
         let n = n as usize;
-        let room = size - TRAILER - n;
-        if room > 0 {
-            let diff = u64::from_le(b.add(n).cast::<u64>().read_unaligned() ^ pattern(k, b));
-            let mask = if room >= 8 {
-                u64::MAX
-            } else {
-                (1u64 << (8 * room)) - 1
-            };
-            if diff & mask != 0 {
-                overwritten(b);
-            }
+        if n < size - TRAILER && b.add(n).read() != pad(k, b) {
+            overwritten(b);
         }
         n
     }
