@@ -8,7 +8,8 @@
 //! * `CALL:random:SEED:PERMILLE` — each call of that kind fails with probability
 //!   PERMILLE / 1000, drawn from a generator seeded with SEED (shared by all kinds);
 //!
-//! where CALL is `mmap`, `munmap`, `madvise` or `key` (`pthread_key_create`). Read by the
+//! where CALL is `mmap`, `munmap`, `madvise`, `key` (`pthread_key_create`) or, in
+//! libscopealloc_secure.so, `mprotect` (its guard pages). Read by the
 //! options constructor (`options::read_options`), without allocating; a SPEC that does not
 //! parse gives one warning line on stderr and is ignored. Allocations made before the
 //! constructor runs (other libraries' constructors) are never refused.
@@ -26,7 +27,7 @@ pub fn arm_from_env(v: &[u8]) {
             None => crate::options::warn(
                 b"SCOPEALLOC_FAIL",
                 spec,
-                b"expected mmap|munmap|madvise|key, then :N or :random:SEED:PERMILLE",
+                b"expected mmap|munmap|madvise|key|mprotect, then :N or :random:SEED:PERMILLE",
                 b"that call never refused",
             ),
         }
@@ -48,6 +49,8 @@ fn parse_call(name: &[u8]) -> Option<OsCall> {
         b"munmap" => Some(OsCall::Unmap),
         b"madvise" => Some(OsCall::Purge),
         b"key" => Some(OsCall::KeyCreate),
+        #[cfg(feature = "secure")]
+        b"mprotect" => Some(OsCall::Protect),
         _ => None,
     }
 }

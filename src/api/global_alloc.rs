@@ -1,7 +1,11 @@
 //! The `GlobalAlloc`: the Rust entry points, and the size, zeroing and realloc logic the C
 //! entry points share.
 
-use crate::frontend::{alloc, free, large, thread_heap};
+#[cfg(not(feature = "secure"))]
+use crate::frontend::alloc;
+use crate::frontend::{free, large, thread_heap};
+#[cfg(feature = "secure")]
+use crate::objects::canary;
 use crate::objects::scope;
 use crate::objects::size_class::{class_for, class_of, MAX_SMALL};
 use crate::objects::slab::{origin_cache, slab_of, Slab, KIND_SMALL};
@@ -39,15 +43,9 @@ impl ScopeAlloc {
     }
 }
 
-/// Secure build: the smallest block, so that a free block holds its encoded link and its
-/// free tag (`objects::free_list`).
-#[cfg(feature = "secure")]
-const SECURE_MIN_BLOCK: usize = 16;
-
 #[inline(always)]
+#[cfg(not(feature = "secure"))]
 pub(super) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
-    #[cfg(feature = "secure")]
-    let size = size.max(SECURE_MIN_BLOCK);
     if align <= 8 && size <= MAX_SMALL {
         // SAFETY: class_of returns a class < NCLASSES for size <= MAX_SMALL.
         return unsafe { alloc::alloc_small(class_of(size)) };
@@ -59,17 +57,65 @@ pub(super) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
     }
 }
 
-/// Usable size of a pointer of ours.
+/// Secure build: a small block has room for the request and its trailer (at least
+/// `canary::MIN_BLOCK` bytes: the link, the free tag and the trailer), armed before it is
+/// returned (`objects::canary`).
+#[inline(always)]
+#[cfg(feature = "secure")]
+pub(super) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    let need = size.saturating_add(canary::TRAILER).max(canary::MIN_BLOCK);
+    if align <= 8 && need <= MAX_SMALL {
+        // SAFETY: class_of returns a class < NCLASSES for need <= MAX_SMALL, of at least `need`
+        // bytes.
+        return unsafe { super::raw::armed(class_of(need), size) };
+    }
+    match class_for(need, align) {
+        // SAFETY: class_for returns only classes < NCLASSES, of at least `need` bytes.
+        Some(c) => unsafe { super::raw::armed(c, size) },
+        None => large::alloc_large(size, align),
+    }
+}
+
+/// Usable size of a pointer of ours: the bytes the program may write (the secure build's small
+/// blocks: exactly what was asked, read from the block's trailer, which is checked, so that
+/// writing all of it never trips the canary; the scope is charged the whole block).
 #[inline]
 pub(super) unsafe fn usable_of(p: *const u8) -> usize {
-    // SAFETY: the caller guarantees p is ours.
+    // SAFETY: the caller guarantees p is ours (and live: a small one is armed in the secure
+    // build).
     unsafe {
         let s = slab_of(p);
         if (*s).kind == KIND_SMALL {
-            (*s).block_size as usize
+            #[cfg(not(feature = "secure"))]
+            let usable = (*s).block_size as usize;
+            #[cfg(feature = "secure")]
+            let usable = canary::length(p.cast_mut(), (*s).block_size as usize);
+            usable
         } else {
             large::large_usable(s)
         }
+    }
+}
+
+/// The bytes a live block of ours can be resized to in place: its usable size, or, for a small
+/// block of the secure build, its block less the trailer (after checking the trailer).
+///
+/// # Safety
+/// `p` is a live object of ours.
+#[inline]
+unsafe fn in_place_room(p: *const u8) -> usize {
+    // SAFETY: p is a live object of ours (the contract).
+    unsafe {
+        #[cfg(feature = "secure")]
+        {
+            let s = slab_of(p);
+            if (*s).kind == KIND_SMALL {
+                let size = (*s).block_size as usize;
+                canary::length(p.cast_mut(), size);
+                return size - canary::TRAILER;
+            }
+        }
+        usable_of(p)
     }
 }
 
@@ -97,8 +143,16 @@ pub(super) unsafe fn realloc_aligned(
 ) -> *mut u8 {
     // SAFETY: p is a live object of ours of at least old_size bytes.
     unsafe {
-        let usable = usable_of(p);
-        if new_size <= usable && new_size >= usable / 2 {
+        let room = in_place_room(p);
+        if new_size <= room && new_size >= room / 2 {
+            // Secure build: a small block's trailer says its new length.
+            #[cfg(feature = "secure")]
+            {
+                let s = slab_of(p);
+                if (*s).kind == KIND_SMALL {
+                    canary::arm(p, (*s).block_size as usize, new_size);
+                }
+            }
             return p;
         }
         let s = slab_of(p);
@@ -180,7 +234,8 @@ unsafe impl GlobalAlloc for ScopeAlloc {
     }
 }
 
-/// The usable size of an object: at least what was asked, often a little more.
+/// The usable size of an object: at least what was asked, often a little more (in the secure
+/// build, exactly what was asked for a small object: the bytes after it hold its canary).
 ///
 /// ```
 /// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();

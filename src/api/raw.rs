@@ -2,6 +2,10 @@
 
 use super::global_alloc::{alloc_aligned, realloc_aligned, usable_of, zero_new};
 use crate::frontend::{alloc, free, large};
+#[cfg(feature = "secure")]
+use crate::objects::canary;
+#[cfg(feature = "secure")]
+use crate::objects::size_class::SIZES;
 use crate::objects::size_class::{
     c_class_of, c_class_of_unchecked, class_of, C_LOOKUP_MAX, MAX_SMALL,
 };
@@ -30,6 +34,7 @@ fn c_size(size: usize) -> usize {
 /// # Safety
 /// Always safe to call; unsafe for symmetry with `free`.
 #[inline]
+#[cfg(not(feature = "secure"))]
 pub unsafe fn malloc(size: usize) -> *mut u8 {
     if size <= C_LOOKUP_MAX {
         // SAFETY: c_class_of returns a class < NCLASSES for sizes up to C_LOOKUP_MAX.
@@ -43,8 +48,33 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
     }
 }
 
+/// `malloc` (secure build): a small block has room for the request and its trailer
+/// (`objects::canary`), armed before it is returned.
+///
+/// # Safety
+/// Always safe to call; unsafe for symmetry with `free`.
+#[inline]
+#[cfg(feature = "secure")]
+pub unsafe fn malloc(size: usize) -> *mut u8 {
+    let need = size.saturating_add(canary::TRAILER).max(canary::MIN_BLOCK);
+    if need <= C_LOOKUP_MAX {
+        // SAFETY: c_class_of returns a class < NCLASSES for sizes up to C_LOOKUP_MAX.
+        unsafe { armed(c_class_of(need), size) }
+    } else if need <= MAX_SMALL {
+        // SAFETY: c_size(need) <= MAX_SMALL here (MAX_SMALL is a multiple of 16), so class_of
+        // returns a class < NCLASSES.
+        unsafe { armed(class_of(c_size(need)), size) }
+    } else {
+        large::alloc_large(size, 16)
+    }
+}
+
 /// Largest request [`malloc_small`] takes.
+#[cfg(not(feature = "secure"))]
 pub const MALLOC_SMALL_MAX: usize = C_LOOKUP_MAX;
+/// Largest request [`malloc_small`] takes (the secure build keeps room for the trailer).
+#[cfg(feature = "secure")]
+pub const MALLOC_SMALL_MAX: usize = C_LOOKUP_MAX - canary::TRAILER;
 
 /// [`malloc`] of a small request: the C library's fast path, which compares the size with a
 /// threshold it loads (`MALLOC_SMALL_MAX`, or 0 in its check mode) and so skips the size tests of
@@ -67,8 +97,39 @@ pub const MALLOC_SMALL_MAX: usize = C_LOOKUP_MAX;
 /// `size <= MALLOC_SMALL_MAX`.
 #[inline(always)]
 pub unsafe fn malloc_small(size: usize) -> *mut u8 {
+    #[cfg(not(feature = "secure"))]
     // SAFETY: size <= C_LOOKUP_MAX (the contract), and the class found is < NCLASSES.
-    unsafe { alloc::alloc_small(c_class_of_unchecked(size)) }
+    unsafe {
+        alloc::alloc_small(c_class_of_unchecked(size))
+    }
+    #[cfg(feature = "secure")]
+    // SAFETY: size + TRAILER <= C_LOOKUP_MAX (the contract), and so is MIN_BLOCK; the class
+    // found is < NCLASSES.
+    unsafe {
+        armed(
+            c_class_of_unchecked((size + canary::TRAILER).max(canary::MIN_BLOCK)),
+            size,
+        )
+    }
+}
+
+/// Secure build: a block of `class` for a request of `size` bytes (which leaves the class room
+/// for the trailer), armed (`objects::canary`); null when out of memory or over a limit.
+///
+/// # Safety
+/// `class < NCLASSES` and `size + canary::TRAILER <= class_size(class)`.
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub(super) unsafe fn armed(class: usize, size: usize) -> *mut u8 {
+    // SAFETY: class < NCLASSES (the contract); a block handed out is ours to arm, and its class
+    // size leaves room for size and the trailer (the contract).
+    unsafe {
+        let p = alloc::alloc_small(class);
+        if !p.is_null() {
+            canary::arm(p, *SIZES.get_unchecked(class) as usize, size);
+        }
+        p
+    }
 }
 
 /// `calloc`: zeroed; null on overflow.
@@ -171,7 +232,10 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> *mut u8 {
     // SAFETY: ptr is non-null here, so a live object of ours (the contract).
     unsafe {
         let old = usable_of(ptr);
-        realloc_aligned(ptr, old, 16, c_size(size))
+        // The secure build keeps the exact size: its trailer then says where the block ends.
+        #[cfg(not(feature = "secure"))]
+        let size = c_size(size);
+        realloc_aligned(ptr, old, 16, size)
     }
 }
 
@@ -191,7 +255,10 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize) -> *mut u8 {
 /// # Safety
 /// Always safe to call with a power-of-two `align`.
 pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
-    alloc_aligned(c_size(size), align.max(16))
+    // The secure build keeps the exact size (see `realloc`).
+    #[cfg(not(feature = "secure"))]
+    let size = c_size(size);
+    alloc_aligned(size, align.max(16))
 }
 
 /// `malloc_usable_size`.

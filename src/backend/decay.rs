@@ -20,7 +20,7 @@
 use super::huge;
 use super::registry;
 use super::segment::{page_start, Segment, PAGE_SIZE, SEGMENT_SIZE};
-use super::span::{list_remove, run_mask, BACKEND, HEADER_BIT};
+use super::span::{list_remove, run_mask, BACKEND, HEADER_BIT, RESERVED};
 use crate::platform::os;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -69,7 +69,7 @@ fn tick_round(force: bool) -> bool {
                         (*seg).dirty_old
                     } & (*seg).free_mask;
                     let whole =
-                        (*seg).free_mask == !HEADER_BIT && (*seg).purging == 0 && dirty & !old == 0;
+                        (*seg).free_mask == !RESERVED && (*seg).purging == 0 && dirty & !old == 0;
                     if whole && nu < TICK_BATCH {
                         // Entirely free, and clean once `old` is purged: unmap it instead.
                         list_remove(&mut st.avail, seg);

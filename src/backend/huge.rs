@@ -12,6 +12,14 @@ use super::segment::{Segment, SEGMENT_SIZE};
 use crate::platform::os;
 use crate::sync::{AtomicUsize, Ordering, SpinLock};
 
+/// Secure build: the largest request (size or alignment) served, 1 TiB (`frontend::large` refuses
+/// anything bigger). No machine this runs on has that much memory, and with `MAP_NORESERVE` the
+/// kernel maps far more than it could ever back, so a size computed from an overflowed or
+/// attacker-chosen length (`malloc(n * m)`, `SIZE_MAX / 2`) would otherwise succeed and be
+/// written into later. Also the bound of the walk of `backend::in_our_mapping`.
+#[cfg(feature = "secure")]
+pub const SECURE_MAX_REQUEST: usize = 1 << 40;
+
 /// Granularity of huge mappings and of their usable size: the OS page.
 pub fn granule() -> usize {
     os::page_size()
@@ -38,6 +46,9 @@ pub struct Huge {
 pub fn alloc_huge(size: usize, align: usize) -> Option<Huge> {
     let page = granule();
     let hdr = core::mem::size_of::<Segment>().div_ceil(page) * page;
+    // Secure build: an inaccessible page between the header and the object, and one after it.
+    #[cfg(feature = "secure")]
+    let hdr = hdr + page;
     let (offset, map_align) = if align < SEGMENT_SIZE {
         ((hdr + align - 1) & !(align - 1), SEGMENT_SIZE)
     } else {
@@ -46,6 +57,9 @@ pub fn alloc_huge(size: usize, align: usize) -> Option<Huge> {
     let len = size
         .checked_add(offset + page - 1)
         .map(|l| l & !(page - 1))?;
+    let usable = len - offset;
+    #[cfg(feature = "secure")]
+    let len = len.checked_add(page)?;
     // A mapping freed a moment ago serves first (no system call, no page faults); then, for
     // align >= SEGMENT_SIZE the object must sit at base + SEGMENT_SIZE, aligned: map aligned to
     // `align` one segment early.
@@ -80,6 +94,23 @@ pub fn alloc_huge(size: usize, align: usize) -> Option<Huge> {
         return None;
     }
     let seg = base as *mut Segment;
+    let start = (base as usize + offset) as *mut u8;
+    #[cfg(feature = "secure")]
+    // SAFETY: the mapping is ours alone (fresh, or taken from the cache); its guards lie inside
+    // it (offset >= one page past the header, and len has a page after the object).
+    unsafe {
+        let guards = [start.sub(page), start.add(usable)];
+        if !os::protect(guards[0], page, true) || !os::protect(guards[1], page, true) {
+            // munmap takes the pages whatever their protection: the mapping is given back.
+            if !fresh {
+                registry::set(seg, false);
+            }
+            os::unmap(base, map_len);
+            return None;
+        }
+        (*seg).guards = guards.map(|g| g as usize);
+        os::report_guard_faults(super::in_our_mapping);
+    }
     // SAFETY: the mapping is fresh and zeroed, or a cached one nobody else refers to; we own it.
     unsafe {
         (*seg).map_base = base;
@@ -91,8 +122,8 @@ pub fn alloc_huge(size: usize, align: usize) -> Option<Huge> {
     }
     Some(Huge {
         seg,
-        start: (base as usize + offset) as *mut u8,
-        usable: len - offset,
+        start,
+        usable,
         fresh,
     })
 }
@@ -107,7 +138,18 @@ pub unsafe fn free_huge(seg: *mut Segment) {
     let (base, len) = unsafe { ((*seg).map_base, (*seg).map_len) };
     HUGE_BYTES.fetch_sub(len, Ordering::Relaxed);
     cache_decay(false);
-    if !cache_put(base, len) {
+    // Secure build: the guards are lifted before the mapping may serve another size; if the
+    // kernel refuses, the mapping is unmapped instead of cached.
+    #[cfg(feature = "secure")]
+    // SAFETY: the guards are pages of this mapping, which nobody uses any more.
+    let cacheable = unsafe {
+        let page = granule();
+        let [g0, g1] = (*seg).guards.map(|g| g as *mut u8);
+        os::protect(g0, page, false) && os::protect(g1, page, false)
+    };
+    #[cfg(not(feature = "secure"))]
+    let cacheable = true;
+    if !cacheable || !cache_put(base, len) {
         registry::set(seg, false);
         // SAFETY: the mapping is ours and nothing refers to it any more.
         unsafe { os::unmap(base, len) };

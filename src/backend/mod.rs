@@ -33,6 +33,33 @@ pub fn census() -> usize {
         + pool::METADATA_MAPPED.load(crate::sync::Ordering::Relaxed)
 }
 
+/// Secure build: whether `addr` lies in a mapping of ours, a small segment or a huge mapping
+/// (where only our guard pages are inaccessible), for the SIGSEGV reporter
+/// (`platform::os::report_guard_faults`). Async-signal-safe: registry bits and header words,
+/// no lock. A huge mapping is registered at its first 4 MiB region only, so the regions below
+/// `addr` are tried in turn, as far back as the longest mapping we make; the first one of ours
+/// found is the only mapping that can hold `addr`.
+#[cfg(feature = "secure")]
+pub fn in_our_mapping(addr: usize) -> bool {
+    use segment::{Segment, SEGMENT_MASK, SEGMENT_SIZE};
+    const WALK: usize = huge::SECURE_MAX_REQUEST / SEGMENT_SIZE + 2;
+    let mut region = addr & !SEGMENT_MASK;
+    for _ in 0..WALK {
+        let seg = region as *const Segment;
+        if registry::contains(seg) {
+            // SAFETY: the registry says a header of ours is mapped at `region`.
+            let len = unsafe { (*seg).map_len };
+            let len = if len == 0 { SEGMENT_SIZE } else { len };
+            return addr - region < len;
+        }
+        if region < SEGMENT_SIZE {
+            return false;
+        }
+        region -= SEGMENT_SIZE;
+    }
+    false
+}
+
 /// Takes the back-end locks (fork prepare), in the lock order.
 pub fn lock_for_fork() {
     span::BACKEND.lock_for_fork();

@@ -73,6 +73,13 @@ pub struct Segment {
     /// `key`, so that a tag read from a freed block tells nothing about `key`).
     #[cfg(feature = "secure")]
     pub tag_key: u64,
+    /// Secure build: a third random key, for the trailers of its blocks (`objects::canary`).
+    #[cfg(feature = "secure")]
+    pub canary_key: u64,
+    /// Secure build, huge mappings: the two guard pages around the object (before and after
+    /// it), made inaccessible by `huge::alloc_huge` and lifted by `huge::free_huge`.
+    #[cfg(feature = "secure")]
+    pub(super) guards: [usize; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);

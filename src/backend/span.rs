@@ -46,6 +46,17 @@ pub(super) static BACKEND: SpinLock<BackendState> = SpinLock::new_no_syscalls(Ba
 
 /// Page 0 of a segment (the header): never free.
 pub(super) const HEADER_BIT: u64 = 1;
+/// Secure build: the last page of a segment, never handed out and inaccessible (a guard between
+/// segments, so that a linear overflow off the last span of one faults before it reaches
+/// whatever the kernel mapped after it).
+#[cfg(feature = "secure")]
+const SEGMENT_GUARD_BIT: u64 = 1 << (PAGES - 1);
+/// Pages of a segment that are never free: the header (and the secure build's guard page).
+#[cfg(not(feature = "secure"))]
+pub(super) const RESERVED: u64 = HEADER_BIT;
+/// Pages of a segment that are never free: the header (and the secure build's guard page).
+#[cfg(feature = "secure")]
+pub(super) const RESERVED: u64 = HEADER_BIT | SEGMENT_GUARD_BIT;
 
 /// A span of pages handed out by the back end.
 pub struct Span {
@@ -199,19 +210,51 @@ fn new_segment() -> *mut Segment {
     if seg.is_null() {
         return seg;
     }
+    #[cfg(feature = "secure")]
+    // SAFETY: the mapping is fresh and ours alone; nothing refers to it yet.
+    unsafe {
+        if !guard_segment(seg) {
+            // A refused guard is a refused segment (the request is refused, as for mmap).
+            os::unmap(seg.cast(), SEGMENT_SIZE);
+            return null_mut();
+        }
+        os::report_guard_faults(super::in_our_mapping);
+    }
     // SAFETY: the mapping is fresh, zeroed and ours alone; all-zero is a valid header (every
     // descriptor zero, no list links) except for the free mask set here.
-    unsafe { (*seg).free_mask = !HEADER_BIT };
+    unsafe { (*seg).free_mask = !RESERVED };
     #[cfg(feature = "secure")]
     // SAFETY: as above; no slab of this segment exists yet, so no link was encoded with the key.
     unsafe {
         (*seg).key = os::random_u64();
         (*seg).tag_key = os::random_u64();
+        (*seg).canary_key = os::random_u64();
     }
-    // Fresh pages are clean: account them as "purged" so that taking them is symmetric.
+    // Fresh pages are clean: account them as "purged" so that taking them is symmetric (the
+    // secure build's guard page too: never touched, it is given back with the segment as a
+    // clean page).
     os::PURGED.fetch_add(SEGMENT_SIZE - PAGE_SIZE, Ordering::Relaxed);
     registry::set(seg, true);
     seg
+}
+
+/// Secure build: makes a fresh segment's guards inaccessible: its last page, and the last OS
+/// page of its header page when the header leaves room for one (OS pages smaller than
+/// `PAGE_SIZE`), so that an underflow of the first span faults too. False if the kernel refused
+/// (the caller unmaps the segment).
+///
+/// # Safety
+/// `seg` is a fresh mapping of ours of `SEGMENT_SIZE` bytes that nothing refers to.
+#[cfg(feature = "secure")]
+unsafe fn guard_segment(seg: *mut Segment) -> bool {
+    let page = os::page_size();
+    let base = seg.cast::<u8>();
+    let header_room = page < PAGE_SIZE && core::mem::size_of::<Segment>() <= PAGE_SIZE - page;
+    // SAFETY: both ranges are whole pages inside the fresh mapping, which holds nothing yet.
+    unsafe {
+        os::protect(base.add(SEGMENT_SIZE - PAGE_SIZE), PAGE_SIZE, true)
+            && (!header_room || os::protect(base.add(PAGE_SIZE - page), page, true))
+    }
 }
 
 /// Returns the span `idx..idx+n` of `seg` to the back end. The pages become dirty free pages.

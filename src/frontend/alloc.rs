@@ -62,7 +62,10 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
         (*t).stock.avail -= size;
         valgrind::malloclike(b as *const u8, size as usize, false);
         #[cfg(feature = "secure")]
-        crate::objects::free_list::mark_live(b);
+        {
+            crate::objects::canary::check_free(b.cast(), size as usize);
+            crate::objects::free_list::mark_live(b);
+        }
         b as *mut u8
     }
 }

@@ -135,15 +135,18 @@ fn not_handed_out(p: *mut u8) -> ! {
 }
 
 /// Secure build: aborts with one line unless `p`, at offset `off` of small slab `s`'s blocks,
-/// is the start of a block that is not free (a double free, from any thread, at any distance).
+/// is the start of a block that is not free (a double free, from any thread, at any distance)
+/// and whose trailer and pad are intact (an overflow; `objects::canary`), and marks its trailer
+/// free.
 ///
 /// # Safety
 /// `s` is `slab_of(p)`, a small slab of ours, and `off < s.blocks_bytes`.
 #[cfg(feature = "secure")]
 #[inline(always)]
 unsafe fn check_small_free(s: *const Slab, p: *mut u8, off: usize) {
-    // SAFETY: s is a mapped small slab and p one of its blocks' bytes (the contract); the
-    // block's first 16 bytes are readable (every block has at least 16 in this build).
+    // SAFETY: s is a mapped small slab and p one of its blocks' bytes (the contract); once p is
+    // known to be a block's start, the block's bytes are readable (at least canary::MIN_BLOCK
+    // in this build), and it was handed out and armed unless it is free (tagged, refused first).
     unsafe {
         // off < the slab's bytes (at most a few pages), so it fits the 32-bit check.
         if !crate::objects::size_class::is_multiple_of_class(off as u32, (*s).class as usize) {
@@ -156,6 +159,7 @@ unsafe fn check_small_free(s: *const Slab, p: *mut u8, off: usize) {
         if crate::objects::free_list::is_free(p as *const Block) {
             os::fatal_at(b"free(): double free of", p as usize, b"");
         }
+        crate::objects::canary::retire(p, (*s).block_size as usize);
     }
 }
 

@@ -16,6 +16,8 @@ use crate::objects::cache::{self, CacheLookup};
 use crate::objects::protocol;
 use crate::objects::size_class::LARGE_CLASS;
 use crate::objects::slab::{free_slab_span, slab_at, Slab, KIND_HUGE, KIND_LARGE, OWNER_LARGE};
+#[cfg(feature = "secure")]
+use crate::platform::os;
 use crate::platform::valgrind;
 use crate::sync::Ordering;
 use core::ptr::null_mut;
@@ -24,16 +26,31 @@ use core::ptr::null_mut;
 /// null when the OS refuses.
 fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut Slab {
     if in_segment {
-        let npages = usable / PAGE_SIZE;
+        #[cfg(not(feature = "secure"))]
+        let (npages, head) = (usable / PAGE_SIZE, 0);
+        #[cfg(feature = "secure")]
+        let (npages, head) = guarded_span(usable, align);
         let Some(sp) = span::alloc_span(npages, (align / PAGE_SIZE).max(1)) else {
             return null_mut();
         };
+        let start = crate::backend::segment::page_start(sp.seg, sp.idx).wrapping_add(head);
+        #[cfg(feature = "secure")]
+        // SAFETY: the span is ours and holds nothing yet; the block lies in it (guarded_span).
+        match unsafe { set_guards(start, usable) } {
+            Guards::Set => {}
+            Guards::Refused => {
+                // SAFETY: the span was just handed out, holds nothing and is left unprotected.
+                unsafe { span::free_span(sp.seg, sp.idx, npages) };
+                return null_mut();
+            }
+            Guards::Stuck => return null_mut(),
+        }
         // SAFETY: the span is ours; its descriptor is ours until published through the cache.
         unsafe {
             let sl = slab_at(sp.seg, sp.idx);
             (*sl).kind = KIND_LARGE;
             (*sl).block_size = usable as u32;
-            (*sl).start = crate::backend::segment::page_start(sp.seg, sp.idx);
+            (*sl).start = start;
             (*sl).npages = npages as u32;
             (*sl).page_idx = sp.idx as u32;
             (*sl).zeroed = sp.zeroed;
@@ -59,13 +76,90 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
     }
 }
 
+/// Secure build: the layout of a large block's span, (pages, offset of the block in the span):
+/// an inaccessible OS page just before the block (its alignment before it, if larger, the
+/// guard being the last page of it) and one just after its usable bytes, so that a linear
+/// overflow or underflow of a large block faults (and the SIGSEGV reporter names it).
+#[cfg(feature = "secure")]
+fn guarded_span(usable: usize, align: usize) -> (usize, usize) {
+    let page = os::page_size();
+    let head = align.max(page);
+    ((head + usable + page).div_ceil(PAGE_SIZE), head)
+}
+
+/// Secure build: how setting a large block's guards went.
+#[cfg(feature = "secure")]
+enum Guards {
+    /// Both guards are inaccessible.
+    Set,
+    /// The kernel refused; nothing is left protected (the span can go back).
+    Refused,
+    /// The kernel refused the second guard and then refused to lift the first: the span stays
+    /// out of use (handed out, with no descriptor) for good.
+    Stuck,
+}
+
+/// Secure build: makes the OS pages just before `start` and just after `start + usable`
+/// inaccessible.
+///
+/// # Safety
+/// Both pages lie in a span of ours that holds nothing.
+#[cfg(feature = "secure")]
+unsafe fn set_guards(start: *mut u8, usable: usize) -> Guards {
+    let page = os::page_size();
+    // SAFETY: both pages lie in the span (the contract).
+    unsafe {
+        if !os::protect(start.add(usable), page, true) {
+            return Guards::Refused;
+        }
+        if os::protect(start.sub(page), page, true) {
+            return Guards::Set;
+        }
+        if os::protect(start.add(usable), page, false) {
+            Guards::Refused
+        } else {
+            Guards::Stuck
+        }
+    }
+}
+
+/// Secure build: lifts the guards of a large block; false if the kernel refused (the span must
+/// then never be handed out again).
+///
+/// # Safety
+/// `s` describes a large block that nobody uses any more.
+#[cfg(feature = "secure")]
+unsafe fn lift_guards(s: *const Slab) -> bool {
+    let page = os::page_size();
+    // SAFETY: the guards of the block lie in its span (set_guards), which nobody uses.
+    unsafe {
+        let start = (*s).start;
+        let after = os::protect(start.add((*s).block_size as usize), page, false);
+        os::protect(start.sub(page), page, false) && after
+    }
+}
+
 /// Allocates a large or huge object (charged exactly, no stock). Null when out of memory or
-/// over a limit.
+/// over a limit (and, in the secure build, above `huge::SECURE_MAX_REQUEST`).
 pub fn alloc_large(size: usize, align: usize) -> *mut u8 {
+    #[cfg(feature = "secure")]
+    if size > huge::SECURE_MAX_REQUEST || align > huge::SECURE_MAX_REQUEST {
+        return null_mut();
+    }
     count(Slow::LargeAlloc);
+    #[cfg(not(feature = "secure"))]
     let in_segment = size <= LARGE_MAX && align <= LARGE_MAX;
+    // Secure build: at most half of LARGE_MAX of alignment, so that the guarded span (alignment,
+    // block, guard) stays below a segment's free pages.
+    #[cfg(feature = "secure")]
+    let in_segment = size <= LARGE_MAX && align <= LARGE_MAX / 2;
     let usable = if in_segment {
-        size.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE
+        #[cfg(not(feature = "secure"))]
+        let usable = size.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        // Secure build: whole OS pages, so that the guard page starts right after the block.
+        #[cfg(feature = "secure")]
+        let usable = size.max(1).div_ceil(os::page_size()) * os::page_size();
+        usable
     } else {
         match crate::platform::os::round_to_pages(size) {
             // The descriptor counts a huge object's pages in a u32.
@@ -155,6 +249,13 @@ unsafe fn release_large_memory(s: *mut Slab) {
             (*s).mark_free();
             huge::free_huge(seg);
         } else {
+            // Secure build: a span whose guards stay up is never handed out again (it stays
+            // taken in the back end, its descriptor describing nothing).
+            #[cfg(feature = "secure")]
+            if !lift_guards(s) {
+                (*s).mark_free();
+                return;
+            }
             free_slab_span(s);
         }
     }

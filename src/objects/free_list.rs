@@ -15,8 +15,8 @@
 //! A free of a block whose word 1 is its tag is a double free (the program's data equals the tag
 //! with probability 2^-64), whatever happened in between, and from whichever thread.
 //!
-//! Every block of a small slab is at least 16 bytes in this build (the Rust path rounds smaller
-//! requests up to 16; the C library always did).
+//! Every block of a small slab is at least 24 bytes in this build (`canary::MIN_BLOCK`: the link,
+//! the tag and the trailer of `objects::canary`).
 //!
 //! Fresh blocks are carved onto the list in a random order ([`carve`]), so that the address of
 //! the next block handed out cannot be predicted from the last one's.
@@ -117,10 +117,10 @@ pub const CARVE_MAX: usize = 256;
 /// returns the new head.
 ///
 /// # Safety
-/// The `n` blocks (`n <= CARVE_MAX`) lie in a small slab of ours, were never handed out, and the
-/// caller owns the slab; `tail` is null or a free block of it.
+/// The `n` blocks (`n <= CARVE_MAX`, `size >= canary::MIN_BLOCK`) lie in a small slab of ours,
+/// were never handed out, and the caller owns the slab; `tail` is null or a free block of it.
 pub unsafe fn carve(first: *mut u8, size: usize, n: usize, tail: *mut Block) -> *mut Block {
-    debug_assert!(n <= CARVE_MAX && size >= 16);
+    debug_assert!(n <= CARVE_MAX && size >= super::canary::MIN_BLOCK);
     let mut order = [0u16; CARVE_MAX];
     for (i, o) in order.iter_mut().enumerate().take(n) {
         *o = i as u16;
@@ -137,6 +137,7 @@ pub unsafe fn carve(first: *mut u8, size: usize, n: usize, tail: *mut Block) -> 
         unsafe {
             let b = first.add(i as usize * size).cast::<Block>();
             set_next(b, head);
+            super::canary::mark_free(b.cast(), size);
             head = b;
         }
     }

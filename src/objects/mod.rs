@@ -7,6 +7,8 @@
 #[cfg(not(loom))]
 pub mod cache;
 #[cfg(all(feature = "secure", not(loom)))]
+pub mod canary;
+#[cfg(all(feature = "secure", not(loom)))]
 pub mod free_list;
 pub mod protocol;
 #[cfg(not(loom))]

@@ -23,10 +23,13 @@ pub enum Call {
     Purge,
     /// `pthread_key_create` (the thread-exit key).
     KeyCreate,
+    /// Secure build: `mprotect` (guard pages made inaccessible, or accessible again).
+    #[cfg(feature = "secure")]
+    Protect,
 }
 
 /// Number of [`Call`] kinds.
-const CALLS: usize = 4;
+const CALLS: usize = if cfg!(feature = "secure") { 5 } else { 4 };
 
 impl Call {
     fn index(self) -> usize {
@@ -35,6 +38,8 @@ impl Call {
             Call::Unmap => 1,
             Call::Purge => 2,
             Call::KeyCreate => 3,
+            #[cfg(feature = "secure")]
+            Call::Protect => 4,
         }
     }
 }

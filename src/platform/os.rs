@@ -373,6 +373,128 @@ pub fn fatal_at(what: &[u8], addr: usize, after: &[u8]) -> ! {
     unsafe { libc::abort() }
 }
 
+/// Secure build: makes whole pages inaccessible (`guard`: `PROT_NONE`, so that any access
+/// faults) or read-write again. False, changing nothing, when the kernel (which may have to split
+/// a mapping past `vm.max_map_count`) or the test hook refuses: callers treat a refused guard
+/// like a refused `mmap` (the request is refused), and a guard that cannot be lifted as memory
+/// that is never handed out again.
+///
+/// # Safety
+/// `ptr..ptr+len` (page-aligned, whole pages) lies in a mapping of ours, and, for a guard, holds
+/// nothing anybody will read or write.
+#[cfg(feature = "secure")]
+#[must_use]
+pub unsafe fn protect(ptr: *mut u8, len: usize, guard: bool) -> bool {
+    debug_assert!(
+        crate::sync::syscalls_allowed(),
+        "mprotect under the back-end lock"
+    );
+    debug_assert!((ptr as usize).is_multiple_of(page_size()) && len.is_multiple_of(page_size()));
+    if fail::refuses(Call::Protect) {
+        return false;
+    }
+    let prot = if guard {
+        libc::PROT_NONE
+    } else {
+        libc::PROT_READ | libc::PROT_WRITE
+    };
+    // SAFETY: the range is ours (the contract); changing its protection touches no other memory.
+    unsafe { libc::mprotect(ptr.cast::<libc::c_void>(), len, prot) == 0 }
+}
+
+/// Secure build: the SIGSEGV reporter. The guard pages make an overflow fault; without a handler
+/// the program would die of `SIGSEGV` with nothing said. The reporter, installed once
+/// ([`report_guard_faults`]), prints one line naming the address and aborts when the fault is an
+/// access to a mapped page that is not accessible (`SEGV_ACCERR`) and the back end's predicate
+/// says the page is in one of our mappings (where only our guards are inaccessible). Any other
+/// fault puts the previous action back (the program's handler, or the default) and returns: the
+/// access faults again and goes there, as if the reporter had never been installed. It runs on
+/// the thread's alternate signal stack if there is one (`SA_ONSTACK`; Rust's runtime sets one).
+#[cfg(feature = "secure")]
+mod guard_faults {
+    use crate::sync::{AtomicBool, AtomicUsize, Ordering};
+    use core::cell::UnsafeCell;
+
+    /// `si_code` of a fault on a mapped page that forbids the access (Linux's ABI).
+    const SEGV_ACCERR: libc::c_int = 2;
+    /// Offset of `si_addr` in the kernel's `siginfo_t` on 64-bit Linux (after `si_signo`,
+    /// `si_errno`, `si_code` and padding).
+    const SI_ADDR_OFFSET: usize = 16;
+
+    /// The back end's predicate (a `fn(usize) -> bool`, as an address; 0 until installed).
+    static IS_OURS: AtomicUsize = AtomicUsize::new(0);
+    /// Set by the one thread that installs the handler.
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+    /// The action SIGSEGV had before ours, written once before ours is installed.
+    struct Previous(UnsafeCell<core::mem::MaybeUninit<libc::sigaction>>);
+    // SAFETY: written once by the thread that sets `INSTALLED`, before the handler that
+    // reads it is installed (sigaction orders the write before any delivery).
+    unsafe impl Sync for Previous {}
+    static PREVIOUS: Previous = Previous(UnsafeCell::new(core::mem::MaybeUninit::uninit()));
+
+    extern "C" fn on_fault(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo_t (SA_SIGINFO); for SIGSEGV its fault
+        // address is the word at SI_ADDR_OFFSET.
+        let (code, addr) = unsafe {
+            (
+                (*info).si_code,
+                *(info as *const u8).add(SI_ADDR_OFFSET).cast::<usize>(),
+            )
+        };
+        let f = IS_OURS.load(Ordering::Acquire);
+        if code == SEGV_ACCERR && f != 0 {
+            // SAFETY: IS_OURS holds only a `fn(usize) -> bool` (report_guard_faults).
+            let is_ours = unsafe { core::mem::transmute::<usize, fn(usize) -> bool>(f) };
+            if is_ours(addr) {
+                super::fatal_at(
+                    b"guard page hit at",
+                    addr,
+                    b" (an overflow or underflow of a large or huge block, or an access past a segment's end)",
+                );
+            }
+        }
+        // SAFETY: PREVIOUS was written before this handler was installed (see Previous).
+        unsafe {
+            libc::sigaction(
+                libc::SIGSEGV,
+                (*PREVIOUS.0.get()).as_ptr(),
+                core::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Installs the reporter once, with `is_ours` telling our mappings' addresses.
+    pub fn install(is_ours: fn(usize) -> bool) {
+        IS_OURS.store(is_ours as usize, Ordering::Release);
+        if INSTALLED.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // SAFETY: sigaction reads and writes only the structures passed; PREVIOUS is ours alone
+        // until the handler is installed (we won the swap above); a zeroed sigaction is valid.
+        unsafe {
+            let mut act: libc::sigaction = core::mem::zeroed();
+            let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                on_fault;
+            act.sa_sigaction = handler as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut act.sa_mask);
+            let prev = (*PREVIOUS.0.get()).as_mut_ptr();
+            if libc::sigaction(libc::SIGSEGV, core::ptr::null(), prev) == 0 {
+                libc::sigaction(libc::SIGSEGV, &act, core::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// Secure build: installs the SIGSEGV reporter of guard-page hits (once; later calls only
+/// replace the predicate). `is_ours(addr)` must be async-signal-safe: it tells whether `addr`
+/// lies in a mapping of ours.
+#[cfg(feature = "secure")]
+pub fn report_guard_faults(is_ours: fn(usize) -> bool) {
+    guard_faults::install(is_ours);
+}
+
 /// 64 random bits from the kernel (`getrandom`, without blocking), for the secure build's keys;
 /// if the kernel has none to give yet (early boot), the clock and an address, mixed.
 #[cfg(feature = "secure")]

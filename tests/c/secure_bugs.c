@@ -6,11 +6,12 @@
  *
  * After the bug, each mode gives the allocator its chances to notice: the corrupted block and
  * its neighbours are freed, and blocks of the same size are allocated and freed again (reuse).
- * Sizes: 64 B (small), 4 KiB (medium), 256 KiB (large).
+ * Sizes: 64 B (small), 4 KiB (medium), 256 KiB (large), 4 MiB (huge: its own mapping).
  */
 #define _GNU_SOURCE
 #include <alloca.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -145,10 +146,73 @@ static void corrupt(size_t n, long at, size_t len, int by_memcpy) {
     reuse(n);
 }
 
+/* The same for one huge block (4 MiB: its own mapping), without neighbours or reuse. */
+static void corrupt_one(size_t n, long at, size_t len, int by_memcpy) {
+    char *p = launder(malloc(n));
+    memset(p, 0x33, n);
+    static const char junk[64] = "overflow overflow overflow overflow overflow overflow overflo";
+    if (by_memcpy)
+        memcpy(p + at, junk, len);
+    else
+        for (size_t i = 0; i < len; i++) ((volatile char *)p)[at + (long)i] = 'X';
+    free(p);
+    free(malloc(n));
+}
+
+static void overflow_1_huge(size_t n) { corrupt_one(n, (long)n, 1, 0); }
+static void overflow_32_huge(size_t n) { corrupt_one(n, (long)n, 32, 1); }
+static void underflow_1_huge(size_t n) { corrupt_one(n, -1, 1, 0); }
+static void underflow_32_huge(size_t n) { corrupt_one(n, -32, 32, 1); }
+
 static void overflow_1(size_t n) { corrupt(n, (long)n, 1, 0); }
 static void overflow_32(size_t n) { corrupt(n, (long)n, 32, 1); }
 static void underflow_1(size_t n) { corrupt(n, -1, 1, 0); }
 static void underflow_32(size_t n) { corrupt(n, -32, 32, 1); }
+
+/* A string of n characters copied into n bytes: its terminator lands one past the end. */
+static void overflow_nul(size_t n) {
+    char *q[NEIGHBOURS];
+    for (int i = 0; i < NEIGHBOURS; i++) q[i] = malloc(n);
+    char *src = malloc(n + 1);
+    memset(src, 'a', n);
+    src[n] = 0;
+    strcpy(launder(q[NEIGHBOURS / 2]), src);
+    free(src);
+    for (int i = 0; i < NEIGHBOURS; i++) free(q[i]);
+    reuse(n);
+}
+
+/* A block shrunk by realloc (in place, in most allocators), then written past its new end. */
+static void overflow_after_realloc(size_t n) {
+    char *p = malloc(n);
+    memset(p, 0x55, n);
+    char *q = realloc(p, n / 2 + 8);
+    ((volatile char *)launder(q))[n / 2 + 8] = 'X';
+    free(q);
+    reuse(n);
+}
+
+/* A write after free into the last 8 bytes of a block, where no free-list word lies. */
+static void write_after_free_tail(size_t n) {
+    char *p = malloc(n);
+    free(p);
+    memcpy((char *)launder(p) + n - 8, "written.", 8);
+    reuse(n);
+}
+
+/* Not a bug: every byte malloc_usable_size reports may be written. Must run to its end. */
+static void usable_size_is_writable(size_t n) {
+    (void)n;
+    for (size_t size = 0; size <= 5000; size += 7) {
+        char *p = malloc(size);
+        memset(p, 0x66, malloc_usable_size(p));
+        p = realloc(p, size / 2 + 1);
+        memset(p, 0x67, malloc_usable_size(p));
+        p = realloc(p, size + 100);
+        memset(p, 0x68, malloc_usable_size(p));
+        free(p);
+    }
+}
 
 static void write_after_free(size_t n) {
     char *p = malloc(n);
@@ -159,16 +223,87 @@ static void write_after_free(size_t n) {
 
 /* ---- absurd sizes ---- */
 
-static void absurd_size(size_t n) {
-    (void)n;
-    void *p = malloc((size_t)1 << 62);
-    if (p || errno != ENOMEM) {
-        printf("malloc(2^62) = %p, errno %d\n", p, errno);
+/* A request no machine could serve; the secure build refuses anything above 1 TiB. 4 TiB is
+ * still below what the address space (128 TiB) and the descriptor of a huge block can hold, so
+ * an allocator that maps with MAP_NORESERVE may well hand it out. */
+#define HUGE_REQUEST ((size_t)1 << 42)
+
+/* Hides a size from the compiler, which would warn about (or fold) a constant absurd request. */
+static size_t opaque(size_t v) {
+    volatile size_t x = v;
+    return x;
+}
+
+/* Refused properly (NULL and ENOMEM): reported as caught (the test reads the line); otherwise
+ * frees what it got and lets the mode run to its end (missed). */
+static void refused(const char *what, void *p, int err) {
+    if (p || err != ENOMEM) {
+        printf("%s = %p, errno %d\n", what, p, err);
+        free(p);
         return;
     }
-    /* Refused properly: report it as caught (the test reads this line). */
-    fprintf(stderr, "secure_bugs: malloc(2^62) refused with ENOMEM\n");
+    fprintf(stderr, "secure_bugs: %s refused with ENOMEM\n", what);
     exit(3);
+}
+
+static void absurd_size(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = malloc((size_t)1 << 62);
+    refused("malloc(2^62)", p, errno);
+}
+
+static void absurd_half_size_max(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = malloc(opaque(SIZE_MAX / 2));
+    refused("malloc(SIZE_MAX / 2)", p, errno);
+}
+
+static void absurd_4t(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = malloc(opaque(HUGE_REQUEST));
+    refused("malloc(2^42)", p, errno);
+}
+
+static void absurd_calloc_overflow(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = calloc(opaque(SIZE_MAX / 8), 16);
+    refused("calloc(SIZE_MAX / 8, 16)", p, errno);
+}
+
+static void absurd_calloc_4t(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = calloc(opaque((size_t)1 << 21), (size_t)1 << 21);
+    refused("calloc(2^21, 2^21)", p, errno);
+}
+
+/* The refused realloc must leave the block alone. */
+static void absurd_realloc_4t(size_t n) {
+    char *p = malloc(n);
+    memset(p, 0x44, n);
+    errno = 0;
+    void *q = realloc(p, opaque(HUGE_REQUEST));
+    int err = errno;
+    if (!q) {
+        for (size_t i = 0; i < n; i++)
+            if (p[i] != 0x44) {
+                printf("realloc(p, 2^42) refused but changed the block\n");
+                return;
+            }
+        free(p);
+    }
+    refused("realloc(p, 2^42)", q, err);
+}
+
+static void absurd_aligned_4t(size_t n) {
+    (void)n;
+    errno = 0;
+    void *p = aligned_alloc(4096, opaque(HUGE_REQUEST));
+    refused("aligned_alloc(4096, 2^42)", p, errno);
 }
 
 struct mode {
@@ -196,8 +331,23 @@ static const struct mode MODES[] = {
     SIZED("overflow-32-memcpy", overflow_32),
     SIZED("underflow-1", underflow_1),
     SIZED("underflow-32-memcpy", underflow_32),
+    {"overflow-1-4m", overflow_1_huge, 4 << 20},
+    {"overflow-32-memcpy-4m", overflow_32_huge, 4 << 20},
+    {"underflow-1-4m", underflow_1_huge, 4 << 20},
+    {"underflow-32-memcpy-4m", underflow_32_huge, 4 << 20},
+    {"overflow-nul-100", overflow_nul, 100},
+    {"overflow-1-after-realloc-64", overflow_after_realloc, 64},
     SIZED("write-after-free", write_after_free),
+    {"write-after-free-tail-64", write_after_free_tail, 64},
+    {"write-after-free-tail-4k", write_after_free_tail, 4096},
+    {"usable-size-is-writable", usable_size_is_writable, 0},
     {"absurd-size", absurd_size, 0},
+    {"absurd-size-half-max", absurd_half_size_max, 0},
+    {"absurd-size-4t", absurd_4t, 0},
+    {"absurd-calloc-overflow", absurd_calloc_overflow, 0},
+    {"absurd-calloc-4t", absurd_calloc_4t, 0},
+    {"absurd-realloc-4t", absurd_realloc_4t, 64},
+    {"absurd-aligned-4t", absurd_aligned_4t, 0},
 };
 
 int main(int argc, char **argv) {

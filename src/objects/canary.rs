@@ -1,0 +1,163 @@
+//! The secure build's block trailers: the last word of every small block says how many bytes the
+//! program asked for, and the bytes right after those hold a canary, so that a linear overflow
+//! (or an underflow of the block after it) is found when the block is freed, and a write into
+//! the end of a free block when it is handed out again.
+//!
+//! ```text
+//!  live block b (size bytes, n asked):  [0, n) the program's | byte n: pad (canary) | ... |
+//!                                       [size-8, size) trailer = canary_key ^ b ^ n
+//!  free block b:                        word 0 link, word 1 tag (objects::free_list) | ... |
+//!                                       [size-8, size) trailer = canary_key ^ b ^ FREE
+//! ```
+//! `canary_key` is a third random key of the block's segment
+//! (`backend::segment::Segment::canary_key`), independent of the link and tag keys. The pad is the
+//! one byte at `n` (none when `n = size - 8`: the trailer follows the data): a linear overflow of
+//! any length writes byte `n` first, so one byte is enough to see it (a longer one that happens
+//! to write the pad's value there is seen if it reaches the trailer). The pad byte is odd, so a
+//! string's terminator (or any even byte) written one past the end is always seen; a random byte
+//! goes unseen with probability 1/128. One byte, not a word, because the free path checks it on
+//! every free: a load and a compare, where a partial word needs a mask. A write that changes
+//! the trailer decodes to a length above `size - 8` or to another `n`, whose pad then does not
+//! match, with overwhelming probability. Checked by `frontend::free::check_small_free` (every
+//! free of a small block, from any thread), by `frontend::alloc::pop` (the free trailer of a block
+//! handed out) and by the usable size (`malloc_usable_size` and `realloc` read `n` from it).
+//!
+//! So a small block serves at most `size - TRAILER` bytes, and that is its usable size: exactly
+//! what was asked (`malloc_usable_size` is truthful: writing up to it never trips the canary).
+
+use crate::backend::segment::segment_of;
+use crate::platform::os;
+
+/// Bytes at the end of every small block kept for the trailer.
+pub const TRAILER: usize = 8;
+/// The smallest block: the free list's link and tag (16 bytes), then the trailer.
+pub const MIN_BLOCK: usize = 16 + TRAILER;
+/// The trailer's length word of a free block: no request is that long.
+const FREE: u64 = 1 << 63;
+
+/// The canary key of `b`'s segment.
+///
+/// # Safety
+/// `b` is a block of a small slab of ours (its segment header is mapped).
+#[inline(always)]
+unsafe fn key(b: *const u8) -> u64 {
+    // SAFETY: a small slab's block is never at a segment's first byte (page 0 is the header), so
+    // segment_of finds its header, which is mapped (the contract).
+    unsafe { (*segment_of(b)).canary_key }
+}
+
+/// The pad byte of block `b`: odd, so never zero.
+#[inline(always)]
+fn pad(key: u64, b: *const u8) -> u8 {
+    ((key >> 32) as u8 ^ b as u8) | 1
+}
+
+/// The trailer word of block `b` of `size` bytes.
+///
+/// # Safety
+/// `b` is a block of `size >= MIN_BLOCK` bytes of a small slab of ours.
+#[inline(always)]
+unsafe fn trailer(b: *mut u8, size: usize) -> *mut u64 {
+    // SAFETY: size - TRAILER < size: inside the block (the contract); blocks and sizes are
+    // multiples of 8, so the word is aligned.
+    unsafe { b.add(size - TRAILER).cast::<u64>() }
+}
+
+/// Arms live block `b` of `size` bytes for a request of `n <= size - TRAILER` bytes: the pad
+/// byte at `n`, then the trailer.
+///
+/// # Safety
+/// `b` was just handed out (or is being resized in place), a block of `size >= MIN_BLOCK` bytes
+/// of a small slab of ours.
+#[inline(always)]
+pub unsafe fn arm(b: *mut u8, size: usize, n: usize) {
+    debug_assert!(size >= MIN_BLOCK && n <= size - TRAILER);
+    // SAFETY: the block is the caller's; n < size, so the pad byte lies in the block (when
+    // n = size - 8 it is the trailer's first byte, written after it).
+    unsafe {
+        let k = key(b);
+        b.add(n).write(pad(k, b));
+        trailer(b, size).write(k ^ b as u64 ^ n as u64);
+    }
+}
+
+/// The length the program asked for of live block `b` of `size` bytes; aborts with one line if
+/// its trailer or its pad was overwritten (an overflow of it, or an underflow of the next block).
+///
+/// # Safety
+/// `b` is a block of `size >= MIN_BLOCK` bytes of a small slab of ours, handed out and armed.
+#[inline(always)]
+pub unsafe fn length(b: *mut u8, size: usize) -> usize {
+    // SAFETY: the block and its pad lie in the slab (the contract; the decoded n is checked
+    // before the pad byte at n is read).
+    unsafe {
+        let k = key(b);
+        let n = trailer(b, size).read() ^ k ^ b as u64;
+        if n > (size - TRAILER) as u64 {
+            overwritten(b);
+        }
+        let n = n as usize;
+        if n < size - TRAILER && b.add(n).read() != pad(k, b) {
+            overwritten(b);
+        }
+        n
+    }
+}
+
+/// Checks live block `b` as it is freed ([`length`]) and marks its trailer free.
+///
+/// # Safety
+/// As [`length`]; the caller frees the block (it is no longer the program's).
+#[inline(always)]
+pub unsafe fn retire(b: *mut u8, size: usize) {
+    // SAFETY: the contract; the trailer is the allocator's again once the block is freed.
+    unsafe {
+        length(b, size);
+        trailer(b, size).write(key(b) ^ b as u64 ^ FREE);
+    }
+}
+
+/// Marks the trailer of a block going on a free list for the first time (carved).
+///
+/// # Safety
+/// `b` is a never handed out block of `size >= MIN_BLOCK` bytes of a small slab the caller owns.
+#[inline(always)]
+pub unsafe fn mark_free(b: *mut u8, size: usize) {
+    // SAFETY: the block is the caller's (the contract).
+    unsafe { trailer(b, size).write(key(b) ^ b as u64 ^ FREE) }
+}
+
+/// Aborts with one line unless free block `b`, being handed out, still has its free trailer (a
+/// write after free into its end, or an underflow of the block after it, changed it).
+///
+/// # Safety
+/// `b` is a free block of `size >= MIN_BLOCK` bytes of a small slab the caller owns.
+#[inline(always)]
+pub unsafe fn check_free(b: *mut u8, size: usize) {
+    // SAFETY: the block is the caller's (the contract).
+    unsafe {
+        if trailer(b, size).read() != key(b) ^ b as u64 ^ FREE {
+            written_after_free(b);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn overwritten(b: *mut u8) -> ! {
+    os::fatal_at(
+        b"free(): the end of block",
+        b as usize,
+        b" was overwritten (an overflow of it, or an underflow of the block after it)",
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn written_after_free(b: *mut u8) -> ! {
+    os::fatal_at(
+        b"malloc(): the end of free block",
+        b as usize,
+        b" was overwritten (a write after free, or an underflow of the block after it)",
+    )
+}
