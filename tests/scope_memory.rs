@@ -54,8 +54,9 @@ fn hundred_thousand_open_scopes_on_one_thread_keep_exact_stats() {
     let warm = Scope::root().child("warm-up");
     for &size in &SIZES {
         let layout = Layout::from_size_align(size, 8).unwrap();
-        // SAFETY: non-zero size; freed at once with its layout.
-        warm.run(|| unsafe { dealloc(alloc(layout), layout) });
+        // SAFETY: non-zero size; freed at once with its layout. black_box: LTO would elide the
+        // pair (and with it the shared slabs' caches this is for) in the release profile.
+        warm.run(|| unsafe { dealloc(std::hint::black_box(alloc(layout)), layout) });
     }
     warm.close();
     drop(warm);
