@@ -56,8 +56,8 @@ pub(super) unsafe fn abandon_table(t: *mut Table) {
     }
 }
 
-/// With `c` locked: takes the remote frees of abandoned slab `s` (uncharging them), and releases
-/// `s` if it is empty. Unlocks `c`; releases `c` if that was its last reference (`tree`: the
+/// With `c` locked: takes the remote frees of abandoned slab or stub `s` (uncharging them), and
+/// releases `s` if it is empty. Unlocks `c`; releases `c` if that was its last reference (`tree`: the
 /// caller holds the tree lock).
 ///
 /// # Safety
@@ -66,6 +66,9 @@ pub(super) unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree: O
     // SAFETY: the caller holds c's lock; s is abandoned in c, so the lock protects its lists and
     // makes us the slab's owner; the slab's reference keeps c alive until its put.
     unsafe {
+        if (*s).kind == KIND_STUB {
+            return sweep_stub_locked(c, s, tree);
+        }
         let swept = protocol::sweep_locked(
             c,
             s,
@@ -83,11 +86,23 @@ pub(super) unsafe fn sweep_abandoned_locked(c: *mut Cache, s: *mut Slab, tree: O
         if let Swept::Emptied { last } = swept {
             free_slab_span(s);
             if last {
-                match tree {
-                    Some(tree) => cache::release_cache_tree_locked(tree, c),
-                    None => cache::release_cache(c),
-                }
+                release_last(c, tree);
             }
+        }
+    }
+}
+
+/// Releases dying cache `c`, whose last reference a sweep just dropped (`tree`: the caller
+/// holds the tree lock).
+///
+/// # Safety
+/// As `cache::release_cache`.
+pub(super) unsafe fn release_last(c: *mut Cache, tree: Option<&TreeGuard>) {
+    // SAFETY: the caller's contract is release_cache's.
+    unsafe {
+        match tree {
+            Some(tree) => cache::release_cache_tree_locked(tree, c),
+            None => cache::release_cache(c),
         }
     }
 }
@@ -169,11 +184,7 @@ unsafe fn sweep_cache(tree: &TreeGuard, c: *mut Cache) {
             }
             let s = found;
             let last = (*c).refs.count_locked() == 1 && (*c).refs.is_dying_locked();
-            if (*s).kind == KIND_STUB {
-                sweep_stub_locked(c, s, Some(tree));
-            } else {
-                sweep_abandoned_locked(c, s, Some(tree));
-            }
+            sweep_abandoned_locked(c, s, Some(tree));
             if last {
                 return; // released: the cache is gone
             }

@@ -224,10 +224,7 @@ pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
     // SAFETY: t and s are this thread's.
     unsafe {
         count(Slow::FreeTail);
-        if (*t).stock.avail > (*t).stock.high {
-            count(Slow::StockDrain);
-            (*t).stock.drain_to_mark(&(*(*t).scope).counter);
-        }
+        drain_if_high(t);
         let class = (*s).class as usize;
         if (*s).used.load(Ordering::Relaxed) == 0 && current_of(t, class) != s {
             // One empty slab per class stays, at the head of the list, for the next slow path:
@@ -243,6 +240,21 @@ pub(super) unsafe fn free_local_tail(t: *mut Table, s: *mut Slab) {
             } else {
                 list_move_to_head(t, class, s);
             }
+        }
+    }
+}
+
+/// Drains `t`'s stock to its mark if frees raised it above (a free's tail).
+///
+/// # Safety
+/// `t` is a live table of this thread.
+#[inline]
+pub(super) unsafe fn drain_if_high(t: *mut Table) {
+    // SAFETY: t is this thread's, and holds a reference on its scope.
+    unsafe {
+        if (*t).stock.avail > (*t).stock.high {
+            count(Slow::StockDrain);
+            (*t).stock.drain_to_mark(&(*(*t).scope).counter);
         }
     }
 }

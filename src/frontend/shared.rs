@@ -29,8 +29,9 @@
 //! Lock order: a stub's cache, then a shared slab's cache (physical frees never take a stub's).
 //! Blocks taken from a stub's remote list are detached under the lock and freed after it.
 
+use super::abandon::release_last;
 use super::alloc::pop;
-use super::free::{free_abandoned_locked, free_local_quiet};
+use super::free::{drain_if_high, free_abandoned_locked, free_local_quiet};
 use super::refill::{find_slab, refill, SlabSearch};
 use super::slow_paths::{count, Slow};
 use super::table::{as_owner, ensure_arrays, owner_table, Table, SHARED_OWNER};
@@ -53,16 +54,7 @@ pub const GRADUATE_AT: u64 = 32;
 /// Whether new tables share (`testing::set_sharing`, for the before/after measurements).
 pub static SHARING: AtomicBool = AtomicBool::new(true);
 
-static STUBS: Pool<Slab> = Pool::new();
-
-/// Takes (`on`) or releases the stubs' pool lock, for the fork handlers.
-pub(super) fn stubs_pool_lock(on: bool) {
-    if on {
-        STUBS.lock();
-    } else {
-        STUBS.unlock();
-    }
-}
+pub(super) static STUBS: Pool<Slab> = Pool::new();
 
 /// Stubs in existence (`testing::stubs_in_use`).
 pub fn stubs_in_use() -> usize {
@@ -251,10 +243,7 @@ unsafe fn uncharge_from_stub(stub: *mut Slab, p: *mut u8) -> bool {
             (*stub).used.store(used - 1, Ordering::Relaxed);
             let t = owner_table(stub);
             (*t).stock.avail += size;
-            if (*t).stock.avail > (*t).stock.high {
-                count(Slow::StockDrain);
-                (*t).stock.drain_to_mark(&(*(*t).scope).counter);
-            }
+            drain_if_high(t);
             return true;
         }
         let c = (*stub).cache;
@@ -338,10 +327,7 @@ pub(super) unsafe fn sweep_stub_locked(c: *mut Cache, stub: *mut Slab, tree: Opt
         if let Swept::Emptied { last } = swept {
             STUBS.free(stub);
             if last {
-                match tree {
-                    Some(tree) => cache::release_cache_tree_locked(tree, c),
-                    None => cache::release_cache(c),
-                }
+                release_last(c, tree);
             }
         }
         free_blocks_physically(taken);

@@ -49,16 +49,7 @@ pub(super) static EMPTY_ARRAYS: EmptyArrays = EmptyArrays(UnsafeCell::new(ClassA
     lists: [null_mut(); NCLASSES],
 }));
 
-static ARRAYS: Pool<ClassArrays> = Pool::new();
-
-/// Takes (`on`) or releases the class arrays' pool lock, for the fork handlers.
-pub(super) fn arrays_pool_lock(on: bool) {
-    if on {
-        ARRAYS.lock();
-    } else {
-        ARRAYS.unlock();
-    }
-}
+pub(super) static ARRAYS: Pool<ClassArrays> = Pool::new();
 
 /// Tables' class arrays in existence (`testing`: a table pays for them only once it has slabs).
 pub fn class_arrays_in_use() -> usize {

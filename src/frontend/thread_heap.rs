@@ -339,11 +339,11 @@ pub fn pools_lock(on: bool) {
     if on {
         HEAPS.lock();
         TABLES.lock();
-        super::table::arrays_pool_lock(true);
-        super::shared::stubs_pool_lock(true);
+        super::table::ARRAYS.lock();
+        super::shared::STUBS.lock();
     } else {
-        super::shared::stubs_pool_lock(false);
-        super::table::arrays_pool_lock(false);
+        super::shared::STUBS.unlock();
+        super::table::ARRAYS.unlock();
         TABLES.unlock();
         HEAPS.unlock();
     }
