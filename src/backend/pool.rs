@@ -38,6 +38,9 @@ struct Chunk {
     next: *mut Chunk,
     count: usize,
     free_count: usize,
+    /// No word of `free` below this index has a free bit (`alloc` starts its search here, so a
+    /// chunk with many items in use is not scanned from its start every time).
+    first_free_word: usize,
     /// Bit i set = slot i is free.
     free: [AtomicU64; WORDS],
     /// Bit p set = page p of the chunk was given back by `trim` and not touched since.
@@ -103,9 +106,11 @@ impl<T> Pool<T> {
                 core::ptr::null_mut()
             } else {
                 let mut found = core::ptr::null_mut();
-                for (w, word) in (*chunk).free.iter().enumerate() {
+                let from = (*chunk).first_free_word;
+                for (w, word) in (*chunk).free.iter().enumerate().skip(from) {
                     let bits = word.load(Ordering::Relaxed);
                     if bits != 0 {
+                        (*chunk).first_free_word = w;
                         let b = bits.trailing_zeros() as usize;
                         word.store(bits & !(1 << b), Ordering::Release);
                         (*chunk).free_count -= 1;
@@ -163,6 +168,7 @@ impl<T> Pool<T> {
         unsafe {
             (*chunk).free[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
             (*chunk).free_count += 1;
+            (*chunk).first_free_word = (*chunk).first_free_word.min(i / 64);
         }
         self.in_use.fetch_sub(1, Ordering::Relaxed);
         self.lock.unlock();
