@@ -113,6 +113,56 @@ fn a_small_scope_takes_no_slab_until_it_graduates() {
     assert_empty_and_close(&s, "after every free");
 }
 
+/// A small scope pays one cache for the stubs of every class it touches (`SHARED_CLASS`), not
+/// one per class, and its report still has a row per class, also after it closed and its
+/// survivors were reparented.
+#[test]
+fn a_small_scope_touching_many_classes_makes_one_cache_with_a_row_per_class() {
+    let _g = serial();
+    let sizes = [16, 24, 48, 100, 300, 1000, 3000];
+    let parent = Scope::root().child("tenant-classes");
+    // One object of each size in the parent first: the shared slabs' own caches (one per class,
+    // for the process) and the parent's cache exist, so that only the child's cache is counted.
+    let warm: Vec<Vec<usize>> = sizes.iter().map(|&n| fill(&parent, n, 1)).collect();
+    let caches0 = global_stats().live_caches;
+    let s = parent.child("many-classes");
+    let objects: Vec<Vec<usize>> = sizes.iter().map(|&n| fill(&s, n, 2)).collect();
+    assert_eq!(
+        global_stats().live_caches - caches0,
+        1,
+        "one cache for {} classes",
+        sizes.len()
+    );
+    // Each class's row holds `per_class` objects of it.
+    let check = |r: &scopealloc::Report, per_class: u64, what: &str| {
+        for (&n, v) in sizes.iter().zip(&objects) {
+            let each = usable(v[0]);
+            let row = r.scopes[0]
+                .classes
+                .iter()
+                .find(|c| c.object_size == each)
+                .unwrap_or_else(|| panic!("{what}: no row for {n} B: {r:?}"));
+            assert_eq!(
+                (row.objects, row.bytes),
+                (per_class, per_class * each),
+                "{what}: {n} B"
+            );
+        }
+    };
+    check(&s.report(), 2, "open");
+    let st = s.stats();
+    let total: u64 = objects.iter().map(|v| 2 * usable(v[0])).sum();
+    assert_eq!((st.objects, st.bytes, st.allocs), (14, total, 14), "{st:?}");
+    s.close();
+    // The survivors are the parent's now, each in its class's row beside the parent's own.
+    check(&parent.report(), 3, "closed, reparented");
+    for ((&n, v), w) in sizes.iter().zip(&objects).zip(&warm) {
+        free_all(v, n);
+        free_all(w, n);
+    }
+    assert_empty_and_close(&parent, "after every free");
+}
+
 #[test]
 fn objects_of_shared_slabs_freed_by_another_thread_leave_their_scope_at_once() {
     let _g = serial();

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! alloc in a small scope S, class c (slow path: the table has no slab of class c)
-//!   stub = t.stubs[c] (made on first use: a slab::KIND_STUB descriptor on cache (S, c))
+//!   stub = t.stubs[c] (made on first use: a slab::KIND_STUB descriptor on the cache of
+//!          (S, SHARED_CLASS), one per scope for the stubs of every class)
 //!   b = pop from the heap's shared table (scope::shared(), slabs with an origin array)
 //!   origins[b] = stub; stub.used += 1; stub.allocs += 1; t.stock -= size      (S charged)
 //!   after GRADUATE_AT objects the class gets slabs of its own: today's fast path
@@ -40,7 +41,7 @@ use crate::backend::pool::Pool;
 use crate::objects::cache::{self, Cache, CacheLookup};
 use crate::objects::protocol::{self, NotOwnedFree, Swept};
 use crate::objects::scope::TreeGuard;
-use crate::objects::size_class::SIZES;
+use crate::objects::size_class::{SHARED_CLASS, SIZES};
 use crate::objects::slab::{origin_stub, set_origin, slab_of, Block, Slab, KIND_STUB};
 use crate::sync::{AtomicBool, Ordering};
 use core::ptr::null_mut;
@@ -135,13 +136,23 @@ pub(super) unsafe fn alloc_shared(
     }
 }
 
-/// `t`'s stub for `class`, made (and attached to the cache of (`t.scope`, `class`)) on first use.
+/// `t`'s stub for `class`, made (and attached to the shared cache of `t.scope`, which holds the
+/// stubs of every class: `SHARED_CLASS`) on first use.
 unsafe fn stub_for(heap: *mut Heap, t: *mut Table, class: usize) -> Result<*mut Slab, SharedAlloc> {
     // SAFETY: t and its stubs are this thread's; the cache is used under its lock.
     unsafe {
-        let mut x = (*t).stubs;
+        let hint = (*heap).stub_hint[class];
+        if !hint.is_null() && (*hint).table == as_owner(t) {
+            return Ok(hint);
+        }
+        let mut x = if (*t).stub_mask & (1 << class) != 0 {
+            (*t).stubs
+        } else {
+            null_mut()
+        };
         while !x.is_null() {
             if (*x).class as usize == class {
+                (*heap).stub_hint[class] = x;
                 return Ok(x);
             }
             x = (*x).tnext;
@@ -150,7 +161,7 @@ unsafe fn stub_for(heap: *mut Heap, t: *mut Table, class: usize) -> Result<*mut 
         if stub.is_null() {
             return Err(SharedAlloc::Oom);
         }
-        let c = match cache::lock_cache((*t).scope, class) {
+        let c = match cache::lock_cache((*t).scope, SHARED_CLASS) {
             CacheLookup::Locked(c) => c,
             CacheLookup::Closed => {
                 STUBS.free(stub);
@@ -178,6 +189,8 @@ unsafe fn stub_for(heap: *mut Heap, t: *mut Table, class: usize) -> Result<*mut 
         (*c).refs.unlock();
         (*stub).tnext = (*t).stubs;
         (*t).stubs = stub;
+        (*t).stub_mask |= 1 << class;
+        (*heap).stub_hint[class] = stub;
         count(Slow::StubMade);
         Ok(stub)
     }
@@ -348,7 +361,12 @@ pub(super) unsafe fn abandon_stubs(t: *mut Table) {
                 break;
             }
             (*t).stubs = (*stub).tnext;
+            (*t).stub_mask &= !(1 << (*stub).class);
             (*stub).tnext = null_mut();
+            let heap = (*t).heap;
+            if !heap.is_null() && (*heap).stub_hint[(*stub).class as usize] == stub {
+                (*heap).stub_hint[(*stub).class as usize] = null_mut();
+            }
             take_stub_remote(stub);
             let c = (*stub).cache;
             if (*stub).used.load(Ordering::Relaxed) == 0 {

@@ -84,6 +84,9 @@ pub struct Table {
     /// The table's stubs, one per class it allocated from shared slabs (linked through
     /// `tnext`/`tprev`; few: a class leaves them after `shared::GRADUATE_AT` objects).
     pub(super) stubs: *mut Slab,
+    /// Bit `c` set: `stubs` holds the stub of class `c` (so a class's first shared object does
+    /// not walk the list to learn that it has none).
+    pub(super) stub_mask: u128,
     /// The heap's list of all its tables.
     pub(super) next: *mut Table,
     /// The next table in this table's chain of the heap's index (see `table_for`).
@@ -115,6 +118,7 @@ impl EmptyTable {
             shares: false,
             owner_id: 0,
             stubs: null_mut(),
+            stub_mask: 0,
             next: null_mut(),
             hnext: null_mut(),
         }))
@@ -257,6 +261,7 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
             h as usize
         };
         (*t).stubs = null_mut();
+        (*t).stub_mask = 0;
         (*t).next = (*h).tables;
         (*t).hnext = null_mut();
         (*h).tables = t;

@@ -9,6 +9,7 @@ use super::table::{
 };
 use crate::backend::pool::Pool;
 use crate::objects::scope::{self, ScopeNode};
+use crate::objects::size_class::NCLASSES;
 use crate::objects::slab::{Slab, KIND_SMALL};
 use crate::sync::Ordering;
 use core::cell::Cell;
@@ -33,6 +34,11 @@ pub struct Heap {
     pub(super) drop_at: usize,
     /// How often each slow path ran on this heap (`slow_paths`).
     pub(super) slow: Counts,
+    /// Per class, the stub `shared::stub_for` found or made last (null or a live stub of one of
+    /// this heap's tables: a table's stubs leave it, in `shared::abandon_stubs`, only after
+    /// their hint is cleared), so that a small scope's slow path finds its stub without walking
+    /// its table's list.
+    pub(super) stub_hint: [*mut Slab; NCLASSES],
 }
 
 pub(super) static HEAPS: Pool<Heap> = Pool::new();
@@ -91,6 +97,7 @@ pub(super) fn heap_init() -> *mut Heap {
         (*h).nbuckets = 0;
         (*h).drop_at = DROP_AT_LEAST;
         (*h).slow.clear();
+        (*h).stub_hint = [null_mut(); NCLASSES];
         set_tls_heap(h);
         let root = new_table(h, scope::root());
         if root.is_null() {

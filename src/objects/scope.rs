@@ -32,7 +32,7 @@
 //! scope's node when its last handle, table, child and cache reference goes.
 
 use super::cache::{Cache, CACHES};
-use super::size_class::NCLASSES;
+use super::size_class::NSLOTS;
 use super::stats::{self, ClassUsage, Usage};
 use crate::accounting::counter::Counter;
 use crate::backend::pool::Pool;
@@ -44,7 +44,7 @@ use core::ptr::null_mut;
 const LIVE: u8 = 0;
 const CLOSED: u8 = 1;
 // `ScopeNode::cache_mask` has a bit per slot.
-const _: () = assert!(NCLASSES < 128);
+const _: () = assert!(NSLOTS <= 128);
 /// Longest name kept; longer names are truncated at a character boundary.
 pub const NAME_MAX: usize = 63;
 
@@ -79,9 +79,9 @@ pub struct ScopeNode {
     pub(super) reparented: *mut Cache,
     /// Scratch of a close: the subtree's usage before the close (see `close`).
     pub(super) scratch: Usage,
-    /// The scope's caches by class (`LARGE_CLASS` last); written under TREE_LOCK and the node
-    /// lock, read under the node lock.
-    pub(super) caches: [AtomicPtr<Cache>; NCLASSES + 1],
+    /// The scope's caches by class (then `LARGE_CLASS` and `SHARED_CLASS`); written under
+    /// TREE_LOCK and the node lock, read under the node lock.
+    pub(super) caches: [AtomicPtr<Cache>; NSLOTS],
     /// Bit `k` set: `caches[k]` is not null (under TREE_LOCK), so that readers under the tree
     /// lock (statistics, reports) visit the caches a scope has without loading every slot.
     pub(super) cache_mask: u128,
@@ -131,7 +131,7 @@ impl ScopeNode {
             prev_sibling: null_mut(),
             reparented: null_mut(),
             scratch: Usage::ZERO,
-            caches: [const { AtomicPtr::new(null_mut()) }; NCLASSES + 1],
+            caches: [const { AtomicPtr::new(null_mut()) }; NSLOTS],
             cache_mask: 0,
             name_len,
             name,

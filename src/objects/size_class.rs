@@ -12,6 +12,11 @@ pub const MAX_SMALL: usize = 32 * 1024;
 pub const NCLASSES: usize = 80;
 /// Pseudo class index of the large objects' cache of a scope.
 pub const LARGE_CLASS: usize = NCLASSES;
+/// Pseudo class index of the cache of a scope that holds its tables' stubs, of every class
+/// (`frontend::shared`): one cache per small scope, not one per class it touches (issue 10).
+pub const SHARED_CLASS: usize = NCLASSES + 1;
+/// Cache slots of a scope: the small classes, `LARGE_CLASS`, `SHARED_CLASS`.
+pub const NSLOTS: usize = NCLASSES + 2;
 
 const LOOKUP_MAX: usize = 1024;
 /// Class of every size ≤ 1 KiB, by `(size + 7) / 8`, so the common case is one table load.

@@ -17,8 +17,8 @@
 
 use super::cache::Cache;
 use super::scope::{own_caches, tree_lock, ScopeNode, TreeGuard, NAME_MAX};
-use super::size_class::{class_size, LARGE_CLASS, NCLASSES};
-use super::stats::{cache_figures, CacheFigures, Usage};
+use super::size_class::{class_size, LARGE_CLASS, NCLASSES, SHARED_CLASS};
+use super::stats::{cache_figures, shared_figures_by_class, CacheFigures, Usage};
 use crate::accounting::counter::NO_LIMIT;
 use crate::platform::os;
 use crate::sync::{AtomicU64, Ordering};
@@ -342,8 +342,15 @@ fn push(buf: &mut Buffer, row: ClassRecord) -> bool {
 /// As for `record`; `x` is open.
 unsafe fn own_rows(tree: &TreeGuard, x: *mut ScopeNode, buf: &mut Buffer) -> Option<Usage> {
     let mut seen: u128 = 0;
+    let mut released_stub_allocs = 0;
     let figs = &mut buf.figs;
     let mut add = |c: *mut Cache, class: usize| {
+        if class == SHARED_CLASS {
+            // Stubs of every class: their rows are their classes'.
+            // SAFETY: the tree lock is held (the contract), which keeps c alive.
+            released_stub_allocs += unsafe { shared_figures_by_class(c, figs, &mut seen) };
+            return;
+        }
         // SAFETY: the tree lock is held (the contract), which keeps c alive.
         let f = unsafe { cache_figures(c) };
         figs[class].add(&f);
@@ -356,13 +363,13 @@ unsafe fn own_rows(tree: &TreeGuard, x: *mut ScopeNode, buf: &mut Buffer) -> Opt
         }
         let mut c = (*x).reparented;
         while !c.is_null() {
-            add(c, ((*c).class as usize).min(LARGE_CLASS));
+            add(c, (*c).class as usize);
             c = (*c).rnext;
         }
     }
     let mut own = Usage::ZERO;
     // SAFETY: x is alive (the contract).
-    own.allocs = unsafe { (*x).folded_allocs.load(Ordering::Relaxed) };
+    own.allocs = unsafe { (*x).folded_allocs.load(Ordering::Relaxed) } + released_stub_allocs;
     while seen != 0 {
         let class = seen.trailing_zeros() as usize;
         seen &= seen - 1;

@@ -3,8 +3,8 @@
 
 use super::cache::Cache;
 use super::scope::{own_caches, tree_lock, ScopeNode, TreeGuard};
-use super::size_class::{class_of, LARGE_CLASS, NCLASSES};
-use super::slab::KIND_STUB;
+use super::size_class::{class_of, LARGE_CLASS, NCLASSES, SHARED_CLASS};
+use super::slab::{Slab, KIND_STUB};
 use crate::accounting::counter::EventCounts;
 use crate::sync::Ordering;
 
@@ -177,14 +177,7 @@ pub(super) unsafe fn cache_figures(c: *mut Cache) -> CacheFigures {
         // `used` (see `frontend::alloc::pop`), so a racing pop never shows objects > allocs.
         let mut s = (*c).slabs;
         while !s.is_null() {
-            f.allocs += (*s).allocs.load(Ordering::Relaxed);
-            let live = (*s).live() as u64;
-            let size = (*s).block_size as u64;
-            f.bytes += live * size;
-            f.objects += live;
-            // A stub has no pages: its objects sit in shared slabs (slab::KIND_STUB).
-            f.slabs += ((*s).kind != KIND_STUB) as u64;
-            f.capacity_bytes += (*s).capacity as u64 * size;
+            add_slab(&mut f, s);
             s = (*s).cnext;
         }
         f.bytes += (*c).large_bytes;
@@ -196,6 +189,52 @@ pub(super) unsafe fn cache_figures(c: *mut Cache) -> CacheFigures {
     }
     f.objects = f.objects.min(f.allocs);
     f
+}
+
+/// Adds slab (or stub) `s`'s figures to `f`.
+///
+/// # Safety
+/// `s` is attached to a cache whose lock the caller holds.
+unsafe fn add_slab(f: &mut CacheFigures, s: *mut Slab) {
+    // SAFETY: the cache lock keeps s attached (the contract); its counts are atomics.
+    unsafe {
+        f.allocs += (*s).allocs.load(Ordering::Relaxed);
+        let live = (*s).live() as u64;
+        let size = (*s).block_size as u64;
+        f.bytes += live * size;
+        f.objects += live;
+        // A stub has no pages: its objects sit in shared slabs (slab::KIND_STUB).
+        f.slabs += ((*s).kind != KIND_STUB) as u64;
+        f.capacity_bytes += (*s).capacity as u64 * size;
+    }
+}
+
+/// Adds the figures of a scope's shared cache (`SHARED_CLASS`: stubs of every class) to
+/// `figs` by the stubs' classes, setting their bits in `seen`; returns the allocations of the
+/// stubs already released (which have no class any more).
+///
+/// # Safety
+/// The tree lock is held (it keeps `c` from being released); `c` is a `SHARED_CLASS` cache.
+pub(super) unsafe fn shared_figures_by_class(
+    c: *mut Cache,
+    figs: &mut [CacheFigures; NCLASSES + 1],
+    seen: &mut u128,
+) -> u64 {
+    // SAFETY: as in `cache_figures`.
+    unsafe {
+        debug_assert_eq!((*c).class as usize, SHARED_CLASS);
+        (*c).refs.lock();
+        let mut s = (*c).slabs;
+        while !s.is_null() {
+            let class = (*s).class as usize;
+            add_slab(&mut figs[class], s);
+            *seen |= 1 << class;
+            s = (*s).cnext;
+        }
+        let folded = (*c).folded_allocs;
+        (*c).refs.unlock();
+        folded
+    }
 }
 
 /// Live usage by size class: one row per class, [`LARGE_CLASS`] last (large and huge objects).
