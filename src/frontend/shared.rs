@@ -43,7 +43,7 @@ use crate::objects::protocol::{self, NotOwnedFree, Swept};
 use crate::objects::scope::TreeGuard;
 use crate::objects::size_class::{SHARED_CLASS, SIZES};
 use crate::objects::slab::{origin_stub, set_origin, slab_of, Block, Slab, KIND_STUB};
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use core::ptr::null_mut;
 
 /// Objects a table allocates of one class from shared slabs before the class gets slabs of its
@@ -57,9 +57,70 @@ pub static SHARING: AtomicBool = AtomicBool::new(true);
 
 pub(super) static STUBS: Pool<Slab> = Pool::new();
 
-/// Stubs in existence (`testing::stubs_in_use`).
+/// Released stubs a heap keeps for its next ones (`Heap::spare_stubs`).
+pub(super) const SPARE_STUBS_MAX: u32 = 32;
+
+/// Stubs on the heaps' spare lists (counted in `STUBS.in_use()`, but in no one's use).
+static SPARE_STUBS: AtomicUsize = AtomicUsize::new(0);
+
+/// Stubs in existence (`testing::stubs_in_use`): the heaps' spares are not.
 pub fn stubs_in_use() -> usize {
-    STUBS.in_use()
+    STUBS.in_use() - SPARE_STUBS.load(Ordering::Relaxed)
+}
+
+/// A stub to make: one of `heap`'s spares, or one from the pool (null when the OS refuses).
+///
+/// # Safety
+/// `heap` is this thread's heap.
+unsafe fn new_stub(heap: *mut Heap) -> *mut Slab {
+    // SAFETY: the spare list is the heap's, this thread's.
+    unsafe {
+        let stub = (*heap).spare_stubs;
+        if stub.is_null() {
+            return STUBS.alloc();
+        }
+        (*heap).spare_stubs = (*stub).tnext;
+        (*heap).nspare_stubs -= 1;
+        SPARE_STUBS.fetch_sub(1, Ordering::Relaxed);
+        stub
+    }
+}
+
+/// Releases `stub`, which nothing refers to any more: onto `heap`'s spares (null: an orphaned
+/// table's, straight to the pool) or, past `SPARE_STUBS_MAX`, to the pool.
+///
+/// # Safety
+/// `heap` is null or the heap of the calling thread (or of a dead thread whose heap the caller
+/// releases); `stub` is unreferenced.
+unsafe fn release_stub(heap: *mut Heap, stub: *mut Slab) {
+    // SAFETY: the spare list is the heap's (the contract); the stub is nobody's.
+    unsafe {
+        if heap.is_null() || (*heap).nspare_stubs >= SPARE_STUBS_MAX {
+            STUBS.free(stub);
+            return;
+        }
+        (*stub).tnext = (*heap).spare_stubs;
+        (*heap).spare_stubs = stub;
+        (*heap).nspare_stubs += 1;
+        SPARE_STUBS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Gives `heap`'s spare stubs back to the pool (the heap is being released).
+///
+/// # Safety
+/// `heap` is being released by the caller, the only thread that touches it.
+pub(super) unsafe fn free_spare_stubs(heap: *mut Heap) {
+    // SAFETY: per the contract.
+    unsafe {
+        while !(*heap).spare_stubs.is_null() {
+            let stub = (*heap).spare_stubs;
+            (*heap).spare_stubs = (*stub).tnext;
+            STUBS.free(stub);
+            SPARE_STUBS.fetch_sub(1, Ordering::Relaxed);
+        }
+        (*heap).nspare_stubs = 0;
+    }
 }
 
 /// What [`alloc_shared`] did.
@@ -157,24 +218,31 @@ unsafe fn stub_for(heap: *mut Heap, t: *mut Table, class: usize) -> Result<*mut 
             }
             x = (*x).tnext;
         }
-        let stub = STUBS.alloc();
+        let stub = new_stub(heap);
         if stub.is_null() {
             return Err(SharedAlloc::Oom);
         }
-        let c = match cache::lock_cache((*t).scope, SHARED_CLASS) {
-            CacheLookup::Locked(c) => c,
-            CacheLookup::Closed => {
-                STUBS.free(stub);
-                return Err(SharedAlloc::Closed);
+        // The table's other stubs are on the cache already (each holds a reference on it).
+        let c = if (*t).stubs.is_null() {
+            match cache::lock_cache((*t).scope, SHARED_CLASS) {
+                CacheLookup::Locked(c) => c,
+                CacheLookup::Closed => {
+                    release_stub(heap, stub);
+                    return Err(SharedAlloc::Closed);
+                }
+                CacheLookup::Oom => {
+                    release_stub(heap, stub);
+                    return Err(SharedAlloc::Oom);
+                }
             }
-            CacheLookup::Oom => {
-                STUBS.free(stub);
-                return Err(SharedAlloc::Oom);
-            }
+        } else {
+            let c = (*(*t).stubs).cache;
+            (*c).refs.lock();
+            c
         };
         if !(*c).refs.tryget_locked() {
             (*c).refs.unlock();
-            STUBS.free(stub);
+            release_stub(heap, stub);
             return Err(SharedAlloc::Closed);
         }
         stub.write(Slab::empty());
@@ -371,7 +439,7 @@ pub(super) unsafe fn abandon_stubs(t: *mut Table) {
             let c = (*stub).cache;
             if (*stub).used.load(Ordering::Relaxed) == 0 {
                 let last = protocol::drop_ref(c, |c| (*c).unlink_slab(stub));
-                STUBS.free(stub);
+                release_stub(heap, stub);
                 if last {
                     cache::release_cache(c);
                 }

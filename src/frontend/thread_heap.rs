@@ -39,6 +39,11 @@ pub struct Heap {
     /// their hint is cleared), so that a small scope's slow path finds its stub without walking
     /// its table's list.
     pub(super) stub_hint: [*mut Slab; NCLASSES],
+    /// Released stubs kept for this heap's next ones (linked through `tnext`, at most
+    /// `shared::SPARE_STUBS_MAX`): a request scope makes and releases a stub per class it
+    /// touches, which the pool's lock and bitmap would otherwise see each time.
+    pub(super) spare_stubs: *mut Slab,
+    pub(super) nspare_stubs: u32,
 }
 
 pub(super) static HEAPS: Pool<Heap> = Pool::new();
@@ -98,6 +103,8 @@ pub(super) fn heap_init() -> *mut Heap {
         (*h).drop_at = DROP_AT_LEAST;
         (*h).slow.clear();
         (*h).stub_hint = [null_mut(); NCLASSES];
+        (*h).spare_stubs = null_mut();
+        (*h).nspare_stubs = 0;
         set_tls_heap(h);
         let root = new_table(h, scope::root());
         if root.is_null() {
@@ -189,6 +196,7 @@ unsafe fn release_dead_heap(h: *mut Heap) {
         free_index(h);
         (*h).root = null_mut();
         (*h).shared = null_mut();
+        super::shared::free_spare_stubs(h);
         slow_paths::retire(h);
         HEAPS.free(h);
     }
@@ -239,6 +247,7 @@ pub(super) unsafe fn abandon_heap(h: *mut Heap) {
         free_index(h);
         (*h).root = null_mut();
         (*h).shared = null_mut();
+        super::shared::free_spare_stubs(h);
         set_tls_heap(null_mut());
         slow_paths::retire(h);
         HEAPS.free(h);
