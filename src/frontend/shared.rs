@@ -35,7 +35,7 @@ use super::alloc::pop;
 use super::free::{drain_if_high, free_abandoned_locked, free_local_quiet};
 use super::refill::{find_slab, refill, SlabSearch};
 use super::slow_paths::{count, Slow};
-use super::table::{as_owner, ensure_arrays, owner_table, Table, SHARED_OWNER};
+use super::table::{as_owner, current_of, ensure_arrays, owner_table, Table, SHARED_OWNER};
 use super::thread_heap::{tls_heap, Heap};
 use crate::backend::pool::Pool;
 use crate::objects::cache::{self, Cache, CacheLookup};
@@ -174,12 +174,19 @@ pub(super) unsafe fn alloc_shared(
         if (*st).stock.avail < size && !refill(heap, st, size) {
             return SharedAlloc::Oom;
         }
-        if !ensure_arrays(st) {
-            return SharedAlloc::Oom;
-        }
-        let s = match find_slab(heap, st, class) {
-            SlabSearch::Slab(s) => s,
-            _ => return SharedAlloc::Oom,
+        // The shared table's current slab, when it has a free block (the usual case), or the
+        // table's search (arrays made, remote frees taken, a slab carved or made).
+        let cur = current_of(st, class);
+        let s = if !(*cur).free.is_null() {
+            cur
+        } else {
+            if !ensure_arrays(st) {
+                return SharedAlloc::Oom;
+            }
+            match find_slab(heap, st, class) {
+                SlabSearch::Slab(s) => s,
+                _ => return SharedAlloc::Oom,
+            }
         };
         count(Slow::SharedAlloc);
         let b = pop(st, s, (*s).free, size);
