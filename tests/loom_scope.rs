@@ -24,7 +24,9 @@
 //! the protocol fails them: `free_not_owned` without its re-check under the cache lock is a
 //! concurrent write of the free list (`abandon_vs_remote_free_vs_adopt`); `lock_live_cache`
 //! unlocking the node before locking the cache reaches a released cache's lock
-//! (`lookup_vs_close`, "exceeded maximum number of branches": see `release_cache`).
+//! (`lookup_vs_close`, "exceeded maximum number of branches": see `release_cache`); reading a
+//! moving stub's cache before its owner word, or without the tree lock while another thread
+//! owns the stub, is a causality violation on the stub's cache (`stub_move_vs_shared_free`).
 #![cfg(loom)]
 
 use loom::cell::UnsafeCell;
@@ -34,7 +36,7 @@ use loom::sync::Arc;
 use loom::thread;
 use scopealloc::accounting::percpu_ref::PercpuRef;
 use scopealloc::objects::protocol::{
-    self, Counted, NotOwnedFree, SlabWords, SlotLookup, Swept, OWNER_ABANDONED,
+    self, Counted, Moved, NotOwnedFree, SlabWords, SlotLookup, Swept, OWNER_ABANDONED,
 };
 use scopealloc::sync::remote::{remote_pending, Linked};
 use scopealloc::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering, RawLock};
@@ -527,7 +529,7 @@ impl SlabWorld {
     /// `free::free_slow` of object 0 by a thread that does not own the slab.
     fn free_remote(&self) {
         // SAFETY: object 0 is live and freed once, here.
-        match unsafe { protocol::free_not_owned(self.slab, self.cache, self.nodes[0]) } {
+        match unsafe { protocol::free_not_owned(self.slab, || self.cache, self.nodes[0]) } {
             NotOwnedFree::Pushed => {}
             NotOwnedFree::AbandonedLocked => {
                 // SAFETY: the cache lock makes us the owner of the abandoned slab.
@@ -719,7 +721,7 @@ impl StubWorld {
             return;
         }
         // SAFETY: n is counted in the slab's `used`, freed once, here.
-        match unsafe { protocol::free_not_owned(w.slab, w.cache, n) } {
+        match unsafe { protocol::free_not_owned(w.slab, || w.cache, n) } {
             NotOwnedFree::Pushed => {}
             NotOwnedFree::AbandonedLocked => {
                 // SAFETY: the cache lock makes us the abandoned slab's owner.
@@ -807,7 +809,7 @@ impl StubWorld {
     fn free_f(&self) {
         let n = self.slab.nodes[0];
         // SAFETY: object 0 is live and freed once, here.
-        match unsafe { protocol::free_not_owned(self.stub, self.stub_cache, n) } {
+        match unsafe { protocol::free_not_owned(self.stub, || self.stub_cache, n) } {
             NotOwnedFree::Pushed => {}
             NotOwnedFree::AbandonedLocked => {
                 let s = self.stub();
@@ -880,6 +882,249 @@ fn stub_abandon_vs_shared_free_vs_sweep() {
             thread::spawn(move || w.free_f())
         };
         w.sweep_stub(HEAP_M);
+        t.join().unwrap();
+        f.join().unwrap();
+        w.finish();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A stub moved to its scope's ancestor (`shared::abandon_stubs`, `shared::move_to_ancestor`).
+
+/// A stub of heap T counting object `node`, attached to dying cache `from` (its closed scope's
+/// shared cache, whose only reference is the stub's), which T's table retirement moves to live
+/// cache `to` (the ancestor's shared cache) and abandons there. `cache` is the stub's
+/// `Slab::cache`: a loom cell, so that a read not ordered after T's write fails the model.
+struct MoveWorld {
+    from: *mut Cache,
+    to: *mut Cache,
+    stub: *mut Slab,
+    cache: UnsafeCell<*mut Cache>,
+    node: *mut Node,
+    /// Times `node` came back (physically freed): once, at the end.
+    returned: AtomicUsize,
+    /// The tree lock: T's move holds it, and so does a reader of a stub another thread owns.
+    tree: loom::sync::Mutex<()>,
+}
+
+// SAFETY: shared through the protocol under test; freed only after every thread joined.
+unsafe impl Send for MoveWorld {}
+// SAFETY: as above.
+unsafe impl Sync for MoveWorld {}
+
+impl MoveWorld {
+    fn new() -> Arc<Self> {
+        let from = new_cache(0, 1);
+        // SAFETY: ours until the threads start: the close killed it; the stub holds its reference.
+        unsafe {
+            (*from).refs.lock();
+            assert!(!(*from).refs.kill_locked());
+            (*from).refs.unlock();
+        }
+        Arc::new(MoveWorld {
+            from,
+            to: new_cache(0, 1),
+            stub: Box::into_raw(Box::new(Slab {
+                owner: AtomicUsize::new(HEAP_T),
+                thread_free: AtomicU64::new(0),
+                used: AtomicU32::new(1),
+                free: UnsafeCell::new(null_mut()),
+                released: AtomicBool::new(false),
+            })),
+            cache: UnsafeCell::new(from),
+            node: Box::into_raw(Box::new(Node { next: null_mut() })),
+            returned: AtomicUsize::new(0),
+            tree: loom::sync::Mutex::new(()),
+        })
+    }
+
+    fn stub(&self) -> &Slab {
+        // SAFETY: freed only in drop.
+        unsafe { &*self.stub }
+    }
+
+    /// The stub's cache as its owner or a reader after the Acquire of `ABANDONED` sees it.
+    fn stub_cache(&self) -> *mut Cache {
+        // SAFETY: the cell checks that no write races with this read.
+        self.cache.with(|c| unsafe { *c })
+    }
+
+    /// The physical free of the nodes taken off the stub (the model's `free_blocks_physically`).
+    ///
+    /// # Safety
+    /// The caller owns the stub.
+    unsafe fn detach_and_return(&self) {
+        // SAFETY: the caller owns the stub (the contract); the cell checks it.
+        self.stub().free.with_mut(|f| unsafe {
+            let mut n = *f;
+            while !n.is_null() {
+                assert_eq!(n, self.node);
+                self.returned.fetch_add(1, SEQ);
+                n = (*n).next;
+            }
+            *f = null_mut();
+        });
+    }
+
+    /// `shared::sweep_stub_locked` on cache `c` (locked; the stub abandoned there).
+    fn sweep_stub_locked(&self, c: *mut Cache) {
+        // SAFETY: the lock is held and the stub abandoned in c: we own it.
+        let swept = unsafe {
+            protocol::sweep_locked(
+                c,
+                self.stub,
+                |_n| {
+                    touch(c);
+                    self.detach_and_return();
+                },
+                || (*c).abandoned.with_mut(|a| *a = false),
+            )
+        };
+        if let Swept::Emptied { last } = swept {
+            let s = self.stub();
+            assert!(!s.released.load(SEQ), "a stub released twice");
+            assert_eq!(
+                remote_pending(&s.thread_free),
+                0,
+                "stub released under a pusher"
+            );
+            s.released.store(true, SEQ);
+            assert!(!last, "the live cache is never released");
+        }
+    }
+
+    /// T: `abandon_stubs` of its retired table, the stub moved first (`move_to_ancestor`).
+    fn retire_t(&self) {
+        let tree = self.tree.lock().unwrap();
+        let (from, to) = (self.from, self.to);
+        // SAFETY: T owns the stub, which holds from's reference; `to` is alive (its own).
+        let moved = unsafe {
+            (*to).refs.lock();
+            protocol::move_owned(from, to, |c| touch(c), |c| self.cache.with_mut(|x| *x = c))
+        };
+        let Moved::Done { from_last } = moved else {
+            panic!("the live cache refused the stub");
+        };
+        assert!(from_last, "the stub held the dying cache's last reference");
+        // SAFETY: `to` is locked (move_owned) and T still owns the stub.
+        unsafe {
+            (*to).abandoned.with_mut(|a| *a = true);
+            protocol::abandon_locked(self.stub);
+            // Taken remote frees are uncharged under the lock (in production) and freed after.
+            self.detach_and_return();
+            if self.stub().used.load(Ordering::Relaxed) == 0 {
+                self.sweep_stub_locked(to);
+            } else {
+                (*to).refs.unlock();
+            }
+        }
+        release_cache(from);
+        drop(tree);
+    }
+
+    /// F: `shared::uncharge_from_stub` of `node` by another thread.
+    fn free_f(&self) {
+        let mut c = null_mut();
+        // SAFETY: node is live and freed once, here.
+        let how = unsafe {
+            protocol::free_not_owned(
+                self.stub,
+                || {
+                    c = self.stub_cache();
+                    c
+                },
+                self.node,
+            )
+        };
+        if let NotOwnedFree::AbandonedLocked = how {
+            touch(c);
+            assert_eq!(
+                c, self.to,
+                "a free of an abandoned stub reached its old cache"
+            );
+            let s = self.stub();
+            s.used
+                .store(s.used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            self.returned.fetch_add(1, SEQ);
+            self.sweep_stub_locked(c);
+        }
+    }
+
+    /// R: `shared::charged_scope` by a third thread (a realloc of the object): reads the stub's
+    /// cache as soon as it sees the stub abandoned, else under the tree lock; locks it.
+    fn read_r(&self) {
+        let read = |c: *mut Cache| {
+            touch(c);
+            // SAFETY: the object is live (R does not free it in this model), so its stub holds
+            // a reference on the cache it reads.
+            unsafe {
+                (*c).refs.lock();
+                (*c).target.with(|_| ());
+                (*c).refs.unlock();
+            }
+        };
+        if self.stub().owner.load(Ordering::Acquire) == OWNER_ABANDONED {
+            read(self.stub_cache());
+        } else {
+            let tree = self.tree.lock().unwrap();
+            read(self.stub_cache());
+            drop(tree);
+        }
+    }
+
+    fn finish(&self) {
+        if !self.stub().released.load(SEQ) {
+            // The free was pushed after the hand-over took nothing: the sweep of `to`.
+            let to = self.to;
+            // SAFETY: `to` is alive; its lock is held for sweep_candidate, the stub abandoned.
+            unsafe {
+                (*to).refs.lock();
+                assert!(protocol::sweep_candidate(self.stub()));
+            }
+            self.sweep_stub_locked(to);
+        }
+        assert!(
+            self.stub().released.load(SEQ),
+            "an empty stub was never released"
+        );
+        assert_eq!(self.returned.load(SEQ), 1, "the object came back once");
+        assert_eq!(releases(self.from), 1, "the dying cache was released once");
+        assert_eq!(releases(self.to), 0);
+    }
+}
+
+impl Drop for MoveWorld {
+    fn drop(&mut self) {
+        // SAFETY: every thread joined; all came from Box::into_raw.
+        unsafe {
+            drop(Box::from_raw(self.node));
+            drop(Box::from_raw(self.stub));
+            drop(Box::from_raw(self.from));
+            drop(Box::from_raw(self.to));
+        }
+    }
+}
+
+/// The seed's race (b) when a stub moves: T retires the table of a closed scope and moves its
+/// stub from the closed scope's dying cache (releasing it: the stub held its last reference) to
+/// the ancestor's shared cache, abandoning it there, while F frees the stub's object and R reads
+/// the object's cache (a realloc). F and R never read the stub's cache before T's write is
+/// ordered before them, so neither reaches the released cache; the stub is released once and
+/// the object comes back once. Reading the cache before the owner word (the order before
+/// `free_not_owned` took a getter) fails the model: F's read races with T's write.
+#[test]
+fn stub_move_vs_shared_free() {
+    model(Some(2), || {
+        let w = MoveWorld::new();
+        let t = {
+            let w = w.clone();
+            thread::spawn(move || w.retire_t())
+        };
+        let f = {
+            let w = w.clone();
+            thread::spawn(move || w.free_f())
+        };
+        w.read_r();
         t.join().unwrap();
         f.join().unwrap();
         w.finish();

@@ -205,6 +205,12 @@ fn survivors_of_a_closed_scope_keep_no_scope_and_release_their_stubs_at_the_last
         g.closed_scopes_pending, 0,
         "no closed scope is kept by a survivor: {g:?}"
     );
+    // The survivors' stubs moved to the parent's shared cache when their tables retired, so no
+    // request's dying cache is kept either (a survivor costs its stub alone).
+    assert_eq!(
+        g.dying_caches, 0,
+        "no dying cache is kept by a survivor: {g:?}"
+    );
     let ps = parent.stats();
     let each = usable(kept[0]);
     assert_eq!(
@@ -332,6 +338,52 @@ fn realloc_of_a_shared_object_stays_in_its_scope() {
     unsafe { dealloc(q, lay(400)) };
     assert_eq!(s.stats().objects, 0);
     s.close();
+}
+
+#[test]
+fn realloc_on_another_thread_of_a_shared_object_stays_in_its_scope_while_its_stub_moves() {
+    let _g = serial();
+    let parent = Scope::root().child("realloc-tenant");
+    let rounds = 200;
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let (back, moved) = std::sync::mpsc::channel::<usize>();
+    let p2 = parent.clone();
+    // The owner allocates in short request scopes and closes them; each survivor goes to the
+    // other thread, which grows it while the owner retires the closed tables (moving their
+    // stubs to the parent's shared cache).
+    let owner = thread::spawn(move || {
+        for _ in 0..rounds {
+            let req = p2.child("request");
+            let v = fill(&req, 24, 1);
+            req.close();
+            tx.send(v[0]).unwrap();
+            // Another request scope on this thread: the closed tables are dropped in time.
+            let _ = fill(&p2.child("next"), 16, 0);
+        }
+    });
+    let grower = thread::spawn(move || {
+        for p in rx {
+            // SAFETY: p is a live block of 24 bytes, written by fill.
+            let q = unsafe { realloc(p as *mut u8, lay(24), 600) };
+            assert!(!q.is_null());
+            // SAFETY: q holds at least 24 bytes.
+            assert_eq!(unsafe { *q.add(23) }, 0, "contents kept");
+            back.send(q as usize).unwrap();
+        }
+    });
+    owner.join().unwrap();
+    grower.join().unwrap();
+    let grown: Vec<usize> = moved.iter().collect();
+    assert_eq!(grown.len(), rounds);
+    let st = parent.stats();
+    let bytes: u64 = grown.iter().map(|&q| usable(q)).sum();
+    assert_eq!(
+        (st.objects, st.bytes),
+        (rounds as u64, bytes),
+        "every grown block is charged to the request's ancestor: {st:?}"
+    );
+    free_all(&grown, 600);
+    assert_empty_and_close(&parent, "realloc-tenant");
 }
 
 #[test]

@@ -3,12 +3,12 @@
 
 #[cfg(not(feature = "secure"))]
 use crate::frontend::alloc;
-use crate::frontend::{free, large, thread_heap};
+use crate::frontend::{free, large, shared, thread_heap};
 #[cfg(feature = "secure")]
 use crate::objects::canary;
 use crate::objects::scope;
 use crate::objects::size_class::{class_for, class_of, MAX_SMALL};
-use crate::objects::slab::{origin_cache, slab_of, Slab, KIND_SMALL};
+use crate::objects::slab::{slab_of, Slab, KIND_SMALL};
 use crate::platform::valgrind;
 use core::alloc::{GlobalAlloc, Layout};
 
@@ -183,11 +183,7 @@ unsafe fn alloc_in_origin(s: *mut Slab, p: *mut u8, size: usize, align: usize) -
     // reference taken there keeps it alive after the lock is dropped, while the thread enters it
     // (entering a scope that closed meanwhile enters its nearest open ancestor).
     unsafe {
-        let c = origin_cache(s, p);
-        (*c).refs.lock();
-        let origin = (*c).scope;
-        scope::node_get(origin);
-        (*c).refs.unlock();
+        let origin = shared::charged_scope(s, p);
         let q = if origin == thread_heap::current_scope() {
             alloc_aligned(size, align)
         } else {

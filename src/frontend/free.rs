@@ -285,7 +285,7 @@ pub(super) unsafe fn free_slow(s: *mut Slab, p: *mut u8) {
     unsafe {
         match (*s).kind {
             KIND_SMALL if !(*s).origins.is_null() => free_shared(s, p),
-            KIND_SMALL => match protocol::free_not_owned(s, (*s).cache, p as *mut Block) {
+            KIND_SMALL => match protocol::free_not_owned(s, || (*s).cache, p as *mut Block) {
                 NotOwnedFree::AbandonedLocked => {
                     count(Slow::AbandonedFree);
                     free_abandoned_locked(s, p);

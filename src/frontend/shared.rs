@@ -39,8 +39,8 @@ use super::table::{as_owner, current_of, ensure_arrays, owner_table, Table, SHAR
 use super::thread_heap::{tls_heap, Heap};
 use crate::backend::pool::Pool;
 use crate::objects::cache::{self, Cache, CacheLookup};
-use crate::objects::protocol::{self, NotOwnedFree, Swept};
-use crate::objects::scope::TreeGuard;
+use crate::objects::protocol::{self, Moved, NotOwnedFree, Swept};
+use crate::objects::scope::{self, ScopeNode, TreeGuard};
 use crate::objects::size_class::{SHARED_CLASS, SIZES};
 use crate::objects::slab::{origin_stub, set_origin, slab_of, Block, Slab, KIND_STUB};
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
@@ -271,6 +271,41 @@ unsafe fn stub_for(heap: *mut Heap, t: *mut Table, class: usize) -> Result<*mut 
     }
 }
 
+/// The scope that live object `p` of small slab or large object `s` is charged to (its cache's
+/// `scope`: the origin, or after it closed its nearest open ancestor), with a node reference
+/// for the caller to drop. A shared object's cache is its stub's, which may move while another
+/// thread owns the stub (`abandon_stubs`): it is read then under the tree lock, which every
+/// move holds.
+///
+/// # Safety
+/// `s` is `slab_of(p)` and `p` a live object of ours (its stub and cache are alive while it is).
+pub unsafe fn charged_scope(s: *const Slab, p: *const u8) -> *mut ScopeNode {
+    // SAFETY: p is live (the contract): its slab or stub holds a reference on its cache, and
+    // `Cache::scope` is read under the cache lock, as every change of it holds that lock.
+    unsafe {
+        let scope_of = |c: *mut Cache| {
+            (*c).refs.lock();
+            let origin = (*c).scope;
+            scope::node_get(origin);
+            (*c).refs.unlock();
+            origin
+        };
+        if (*s).origins.is_null() {
+            return scope_of((*s).cache);
+        }
+        let stub = origin_stub(s, p);
+        // Acquire: a stub seen abandoned has its final cache (see `protocol::free_not_owned`).
+        let owner = (*stub).owner.load(Ordering::Acquire);
+        if owner == tls_heap() as usize || owner == protocol::OWNER_ABANDONED {
+            return scope_of((*stub).cache);
+        }
+        let tree = scope::tree_lock();
+        let origin = scope_of((*stub).cache);
+        drop(tree);
+        origin
+    }
+}
+
 /// Takes the remote frees of `stub` (this thread's): their bytes back into its table's stock,
 /// the blocks back into their shared slabs.
 ///
@@ -334,8 +369,17 @@ unsafe fn uncharge_from_stub(stub: *mut Slab, p: *mut u8) -> bool {
             drain_if_high(t);
             return true;
         }
-        let c = (*stub).cache;
-        match protocol::free_not_owned(stub, c, p as *mut Block) {
+        // The stub's cache is read only once the stub is seen abandoned: until then its owner
+        // may move it to its scope's ancestor (`abandon_stubs`).
+        let mut c = null_mut();
+        match protocol::free_not_owned(
+            stub,
+            || {
+                c = (*stub).cache;
+                c
+            },
+            p as *mut Block,
+        ) {
             NotOwnedFree::Pushed => {
                 count(Slow::RemoteFree);
                 false
@@ -367,7 +411,7 @@ unsafe fn free_physically(s: *mut Slab, p: *mut u8) {
             free_local_quiet(s, p);
             return;
         }
-        match protocol::free_not_owned(s, (*s).cache, p as *mut Block) {
+        match protocol::free_not_owned(s, || (*s).cache, p as *mut Block) {
             NotOwnedFree::AbandonedLocked => free_abandoned_locked(s, p),
             NotOwnedFree::Pushed => {}
         }
@@ -452,7 +496,22 @@ pub(super) unsafe fn abandon_stubs(t: *mut Table) {
                 }
                 continue;
             }
-            (*c).refs.lock();
+            // The table's scope closed: its shared cache is dying, and the stub goes to the
+            // shared cache of the scope its charges went to, so that the dying cache is released
+            // now and a survivor costs its stub alone (issue 10). Under the tree lock, which
+            // keeps both caches' scope, and statistics, still.
+            let tree = if (*(*t).scope).is_closed() {
+                Some(scope::tree_lock())
+            } else {
+                None
+            };
+            let (c, dead) = match &tree {
+                Some(tree) => move_to_ancestor(tree, stub, c),
+                None => {
+                    (*c).refs.lock();
+                    (c, null_mut())
+                }
+            };
             (*stub).table = null_mut();
             (*c).push_abandoned(stub);
             // Remote frees that raced with the hand-over are taken now, under the lock.
@@ -460,11 +519,56 @@ pub(super) unsafe fn abandon_stubs(t: *mut Table) {
             (*t).stock.avail += n as i64 * (*stub).block_size as i64;
             let taken = core::mem::replace(&mut (*stub).free, null_mut());
             if (*stub).used.load(Ordering::Relaxed) == 0 {
-                sweep_stub_locked(c, stub, None);
+                sweep_stub_locked(c, stub, tree.as_ref());
             } else {
                 (*c).refs.unlock();
             }
+            if let Some(tree) = &tree {
+                if !dead.is_null() {
+                    cache::release_cache_tree_locked(tree, dead);
+                }
+            }
+            drop(tree);
             free_blocks_physically(taken);
         }
+    }
+}
+
+/// With the tree lock held: moves `stub`, owned by this thread and attached to `c`, the dying
+/// shared cache of its closed scope, to the shared cache of `c`'s scope (the nearest open
+/// ancestor, which its charges already go to): `protocol::move_owned`. Returns the cache the
+/// stub is on, locked, and `c` if it lost its last reference (the caller releases it after
+/// unlocking), else null. The stub stays on `c` (locked) when the ancestor's cache cannot be
+/// had (the OS refuses memory for it).
+///
+/// # Safety
+/// `stub` is a stub of a table of this thread, with objects, on `c`; the tree lock is held.
+unsafe fn move_to_ancestor(
+    tree: &TreeGuard,
+    stub: *mut Slab,
+    c: *mut Cache,
+) -> (*mut Cache, *mut Cache) {
+    // SAFETY: the stub holds a reference on c; `Cache::scope` changes only under the tree lock,
+    // which we hold, and is an open scope (a close re-targets the caches reparented into it).
+    unsafe {
+        let target = (*c).scope;
+        if let CacheLookup::Locked(p) = cache::lock_cache_tree_locked(tree, target, SHARED_CLASS) {
+            let moved = protocol::move_owned(
+                c,
+                p,
+                // Under c's lock; the stub keeps its allocation count, which p now reports.
+                |c| (*c).unlink_moving(stub),
+                // Under p's lock, before the stub's abandonment publishes it.
+                |p| {
+                    (*stub).cache = p;
+                    (*p).link_slab(stub);
+                },
+            );
+            if let Moved::Done { from_last } = moved {
+                return (p, if from_last { c } else { null_mut() });
+            }
+        }
+        (*c).refs.lock();
+        (c, null_mut())
     }
 }

@@ -153,8 +153,19 @@ pub fn counts() -> (usize, usize) {
 /// refuses memory.
 fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
     let tree = tree_lock();
-    // SAFETY: the caller holds a reference on s; the tree lock serialises creation with close.
-    let ok = unsafe {
+    // SAFETY: the caller holds a reference on s.
+    let ok = unsafe { create_cache_tree_locked(&tree, s, class) };
+    drop(tree);
+    ok
+}
+
+/// [`create_cache`] for a caller that holds the tree lock.
+///
+/// # Safety
+/// `s` is a live node on which the caller holds a reference, or which the tree lock keeps open.
+unsafe fn create_cache_tree_locked(_tree: &TreeGuard, s: *mut ScopeNode, class: usize) -> bool {
+    // SAFETY: the contract keeps s alive; the tree lock serialises creation with close.
+    unsafe {
         if (*s).is_closed() {
             false
         } else if !(*s).caches[class].load(Ordering::Acquire).is_null() {
@@ -191,9 +202,7 @@ fn create_cache(s: *mut ScopeNode, class: usize) -> bool {
                 true
             }
         }
-    };
-    drop(tree);
-    ok
+    }
 }
 
 /// Outcome of looking up (and locking) a scope's cache.
@@ -239,6 +248,34 @@ pub unsafe fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
     }
 }
 
+/// [`lock_cache`] for a caller that holds the tree lock (which keeps `s` open or closed
+/// throughout).
+///
+/// # Safety
+/// `s` is a live node on which the caller holds a reference, or which the tree lock keeps open.
+pub unsafe fn lock_cache_tree_locked(
+    tree: &TreeGuard,
+    s: *mut ScopeNode,
+    class: usize,
+) -> CacheLookup {
+    loop {
+        // SAFETY: as in lock_cache; creation and close are serialised by the tree lock we hold.
+        unsafe {
+            match protocol::lock_live_cache(&(*s).lock, &(*s).caches[class]) {
+                SlotLookup::Locked(c) => return CacheLookup::Locked(c),
+                SlotLookup::Dying => return CacheLookup::Closed,
+                SlotLookup::Empty => {}
+            }
+            if (*s).is_closed() {
+                return CacheLookup::Closed;
+            }
+            if !create_cache_tree_locked(tree, s, class) {
+                return CacheLookup::Oom;
+            }
+        }
+    }
+}
+
 impl Counted for Cache {
     #[inline]
     fn refs(&self) -> &PercpuRef {
@@ -270,6 +307,19 @@ impl Cache {
     /// # Safety
     /// Cache lock held; `s` is attached to this cache.
     pub unsafe fn unlink_slab(&mut self, s: *mut Slab) {
+        // SAFETY: the contract is unlink_moving's.
+        unsafe {
+            self.unlink_moving(s);
+            self.folded_allocs += (*s).allocs.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Detaches a slab (stub) that moves to another cache with its allocation count (lock
+    /// held): see `protocol::move_owned`.
+    ///
+    /// # Safety
+    /// As [`Cache::unlink_slab`].
+    pub unsafe fn unlink_moving(&mut self, s: *mut Slab) {
         // SAFETY: the cache lock is held and `s` is on this cache's list: its neighbours are slabs
         // of this cache, whose list links the lock guards.
         unsafe {
@@ -284,7 +334,6 @@ impl Cache {
             if (*s).owner.load(Ordering::Relaxed) == OWNER_ABANDONED {
                 self.unlink_abandoned(s);
             }
-            self.folded_allocs += (*s).allocs.load(Ordering::Relaxed);
         }
     }
 

@@ -13,7 +13,8 @@
 //! | [`close_slots`], [`retarget`] | `scope::close_node` | `lookup_vs_close`, `last_free_vs_close_and_reparent` |
 //! | [`drop_ref`] | `free::release_slab`, `large::free_large` | `lookup_vs_close`, `last_free_vs_close_and_reparent` |
 //! | [`abandon_locked`], [`adopt_locked`] | `abandon::abandon_table`, `refill::new_slab` | `abandon_vs_remote_free_vs_adopt` |
-//! | [`free_not_owned`] | `free::free_slow` | `abandon_vs_remote_free_vs_adopt`, `sweep_vs_remote_free` |
+//! | [`free_not_owned`] | `free::free_slow`, `shared::free_shared` | `abandon_vs_remote_free_vs_adopt`, `sweep_vs_remote_free`, `stub_abandon_vs_shared_free_vs_sweep`, `stub_move_vs_shared_free` |
+//! | [`move_owned`] | `shared::abandon_stubs` | `stub_move_vs_shared_free` |
 //! | [`sweep_candidate`], [`sweep_locked`] | `abandon::sweep_abandoned(_locked)`, `free::free_abandoned_locked` | `sweep_vs_remote_free`, `abandon_vs_remote_free_vs_adopt` |
 //! | [`take_remote_into`] | `Slab::take_remote` | every slab model |
 //!
@@ -81,6 +82,26 @@
 //! `pending > 0`) means every object is on the remote list: taking it empties the slab. A pusher
 //! in flight still counts in `used` (its CAS has not landed), so the slab cannot be found empty
 //! under it, and after its CAS it touches nothing.
+//!
+//! ## A stub moved to its scope's ancestor vs a free of its object (race (b), shared slabs)
+//! ```text
+//! T (owner; its table's scope X closed)     F (frees o, counted in the stub)
+//! tree lock; P = shared cache of C.scope
+//! move_owned(C -> P):
+//!   P.lock; tryget; P.unlock                owner == T: remote_push(o)  (touches no cache)
+//!   drop_ref(C): unlink; put: last
+//!   P.lock; stub.cache = P; link
+//! push_abandoned; owner = ABANDONED (Rel)
+//! take_remote: o (uncharged under P's lock)
+//! P.unlock; release C; tree unlock
+//!                                           -- or, had F come after the Release --
+//!                                           owner == ABANDONED (Acq): c = stub.cache (= P)
+//!                                           P.lock; re-check; used -= 1; sweep
+//! ```
+//! `stub.cache` is written only by the owner, before its Release of `ABANDONED`, and read by
+//! another thread only after the Acquire of it ([`free_not_owned`]), or under the tree lock
+//! (`alloc_in_origin`, for a stub another thread owns); so no thread reaches the dying cache C
+//! once the stub has left it, and C's release at its last reference touches nothing of the stub.
 
 use crate::accounting::percpu_ref::PercpuRef;
 use crate::sync::remote::{list_tail, remote_pending, remote_push, remote_take, Linked};
@@ -305,21 +326,25 @@ pub enum NotOwnedFree {
     AbandonedLocked,
 }
 
-/// Frees `node`, an object of small slab `s` of cache `c`, on a thread that does not own `s`.
+/// Frees `node`, an object of small slab `s`, on a thread that does not own `s`. `cache` reads
+/// the slab's cache: only once `s` is seen abandoned, because a stub's cache may change while
+/// its owner holds it ([`move_owned`]) and is final from its abandonment on.
 ///
 /// # Safety
-/// `node` is a live object of `s` (so `s` is attached to `c`, which is alive), freed once.
+/// `node` is a live object of `s` (so `s` is attached to its cache, which is alive), freed once;
+/// an abandoned `s` is never adopted into another cache.
 #[inline]
 pub unsafe fn free_not_owned<S: SlabWords, C: Counted>(
     s: *mut S,
-    c: *mut C,
+    cache: impl FnOnce() -> *mut C,
     node: *mut S::Node,
 ) -> NotOwnedFree {
     // SAFETY: node is live, so its slab and the slab's cache are (the contract).
     unsafe {
-        // Acquire: pairs with `abandon_locked`'s Release (the hand-over is re-checked under the
-        // cache lock anyway).
+        // Acquire: pairs with `abandon_locked`'s Release, which publishes the owner's last
+        // writes, its slab's cache among them (the hand-over is re-checked under the cache lock).
         if (*s).owner().load(Ordering::Acquire) == OWNER_ABANDONED {
+            let c = cache();
             let refs = (*c).refs();
             refs.lock();
             if (*s).owner().load(Ordering::Acquire) == OWNER_ABANDONED {
@@ -331,6 +356,52 @@ pub unsafe fn free_not_owned<S: SlabWords, C: Counted>(
         remote_push((*s).thread_free(), node);
     }
     NotOwnedFree::Pushed
+}
+
+/// What [`move_owned`] did.
+pub enum Moved {
+    /// `to` was dying: nothing changed, nothing is held.
+    Refused,
+    /// The slab is on `to`, whose lock the caller holds; `from_last`: `from` lost its last
+    /// reference, and the caller releases it (after unlocking `to`).
+    Done {
+        /// `from` was dying and is unreferenced now.
+        from_last: bool,
+    },
+}
+
+/// Moves slab (stub) `s`, which the calling thread owns, from cache `from` to cache `to`, whose
+/// lock the caller holds: `to` takes a reference for it; `detach` unlinks it under `from`'s
+/// lock, and `from` loses its reference; `attach` points `s` at `to` and links it under `to`'s
+/// lock. The two locks are never held together. Readers that find `s` through a cache's lists
+/// must not see it on neither (production: the tree lock is held, which statistics take); a
+/// thread freeing an object of `s` reads `s`'s cache only after seeing `s` abandoned
+/// ([`free_not_owned`]), which its owner does after the move, so it never reaches `from`.
+///
+/// # Safety
+/// The caller owns `s`, which is attached to `from` and holds one of its references; it holds
+/// `to`'s lock.
+#[inline]
+pub unsafe fn move_owned<C: Counted>(
+    from: *mut C,
+    to: *mut C,
+    detach: impl FnOnce(*mut C),
+    attach: impl FnOnce(*mut C),
+) -> Moved {
+    // SAFETY: the caller holds `to`'s lock and a reference on `from` (the contract).
+    unsafe {
+        let to_refs = (*to).refs();
+        if !to_refs.tryget_locked() {
+            to_refs.unlock();
+            return Moved::Refused;
+        }
+        to_refs.unlock();
+        let from_last = drop_ref(from, detach);
+        // `to` is alive: the reference taken above.
+        to_refs.lock();
+        attach(to);
+        Moved::Done { from_last }
+    }
 }
 
 /// Whether abandoned slab `s` may have been emptied by remote frees: every object it holds is on

@@ -220,23 +220,6 @@ pub unsafe fn set_origin(s: *mut Slab, p: *const u8, stub: *mut Slab) {
     }
 }
 
-/// The cache that live object `p` of small slab or large object `s` is charged to: the slab's,
-/// or for a shared slab the cache of the object's stub.
-///
-/// # Safety
-/// `s` is `slab_of(p)` and `p` a live object of ours.
-#[inline]
-pub unsafe fn origin_cache(s: *const Slab, p: *const u8) -> *mut Cache {
-    // SAFETY: p is live (the contract): its stub, if any, counts it and is alive.
-    unsafe {
-        if (*s).origins.is_null() {
-            (*s).cache
-        } else {
-            (*origin_stub(s, p)).cache
-        }
-    }
-}
-
 /// The shared empty descriptor that every empty table slot points at.
 pub struct EmptySlab(pub UnsafeCell<Slab>);
 // SAFETY: the empty slab is never written: its free list is null, so every path that would write
