@@ -341,6 +341,37 @@ fn realloc_of_a_shared_object_stays_in_its_scope() {
 }
 
 #[test]
+fn the_thread_that_closes_a_scope_retires_its_table_at_once() {
+    let _g = serial();
+    let parent = Scope::root().child("retire-tenant");
+    let stubs0 = settled_stubs();
+    let req = parent.child("request");
+    let mut v = Vec::new();
+    for size in [16, 48, 100, 300, 1000] {
+        v.extend(fill(&req, size, 2).into_iter().map(|p| (p, size)));
+    }
+    assert_eq!(testing::stubs_in_use(), stubs0 + 5, "a stub per class");
+    let (kept, size) = v.pop().unwrap();
+    for &(p, size) in &v {
+        free_all(&[p], size);
+    }
+    req.close();
+    // No trim, no statistics, no other table made (each would retire closed tables anyway):
+    // the close itself retired this thread's table, so the empty stubs went back and only the
+    // survivor's stays, moved to the parent.
+    assert_eq!(
+        testing::stubs_in_use(),
+        stubs0 + 1,
+        "the closed scope's empty stubs are released by its close"
+    );
+    let ps = parent.stats();
+    assert_eq!((ps.objects, ps.bytes), (1, usable(kept)), "{ps:?}");
+    free_all(&[kept], size);
+    assert_eq!(testing::stubs_in_use(), stubs0);
+    assert_empty_and_close(&parent, "retire-tenant");
+}
+
+#[test]
 fn realloc_on_another_thread_of_a_shared_object_stays_in_its_scope_while_its_stub_moves() {
     let _g = serial();
     let parent = Scope::root().child("realloc-tenant");

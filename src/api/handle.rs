@@ -50,7 +50,21 @@ impl Drop for Scope {
         // SAFETY: this handle holds a user handle on the node, given up here (drop); the last
         // one closes the scope (reporting leaks to the hooks that watch it), while its reference
         // keeps the node alive.
-        unsafe { scope::handle_put_then(self.node.as_ptr(), |n| super::leaks::close(n)) };
+        unsafe { scope::handle_put_then(self.node.as_ptr(), |n| close_here(n)) };
+    }
+}
+
+/// Closes `n` (reporting leaks to the hooks that watch it) and retires the calling thread's
+/// table of it at once (`thread_heap::retire_closed`): the thread that closes a request scope
+/// is usually the one that ran it, and its stubs then serve the next request.
+///
+/// # Safety
+/// `n` is a live node on which the caller holds a reference.
+unsafe fn close_here(n: *mut ScopeNode) {
+    // SAFETY: the caller's contract, which keeps n alive for both calls.
+    unsafe {
+        super::leaks::close(n);
+        thread_heap::retire_closed(n);
     }
 }
 
@@ -400,7 +414,7 @@ impl Scope {
     /// ```
     pub fn close(&self) {
         // SAFETY: this handle holds a user handle on the node, which keeps it alive.
-        unsafe { super::leaks::close(self.n()) };
+        unsafe { close_here(self.n()) };
     }
 
     /// Whether the scope is closed.

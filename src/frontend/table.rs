@@ -435,6 +435,41 @@ pub(super) unsafe fn drop_closed(h: *mut Heap) {
     }
 }
 
+/// Retires `h`'s table of closed scope `s` now, unless it is the current table or pinned (an
+/// `enter` token may restore it): its stock goes back, its stubs to the heap's spares or to the
+/// ancestor's shared cache, its slabs to their caches, as `drop_closed` would do later. The
+/// table, dead, stays on the heap's list until `drop_closed` frees it (freeing it here would
+/// need its predecessor on the singly linked list).
+///
+/// # Safety
+/// `h` is this thread's heap; the caller holds a reference on `s`.
+pub(super) unsafe fn retire_closed_table(h: *mut Heap, s: *mut ScopeNode) {
+    // SAFETY: h and its tables are this thread's; s is alive (the contract).
+    unsafe {
+        if !(*s).is_closed() {
+            return;
+        }
+        let mut t = if (*h).nbuckets > 0 {
+            *bucket(h, s)
+        } else {
+            (*h).tables
+        };
+        while !t.is_null() {
+            if (*t).scope == s && !(*t).dead {
+                if t != tls_table() && (*t).pins == 0 {
+                    abandon_table(t);
+                }
+                return;
+            }
+            t = if (*h).nbuckets > 0 {
+                (*t).hnext
+            } else {
+                (*t).next
+            };
+        }
+    }
+}
+
 /// `table_for` drops closed tables before making a new one once the heap has this many tables.
 pub(super) const DROP_AT_LEAST: usize = 64;
 

@@ -76,6 +76,20 @@ pub(super) fn set_refused(s: *mut ScopeNode) {
 // ---------------------------------------------------------------------------------------------
 // Heaps and tables.
 
+/// Retires this thread's table of `s`, a scope the calling thread just closed, unless it is the
+/// current table or pinned (`table::retire_closed_table`). Nothing when the thread has no heap.
+///
+/// # Safety
+/// `s` is a live node on which the caller holds a reference.
+pub unsafe fn retire_closed(s: *mut ScopeNode) {
+    let h = tls_heap();
+    if h.is_null() {
+        return;
+    }
+    // SAFETY: h is this thread's heap; the caller's reference keeps s alive.
+    unsafe { super::table::retire_closed_table(h, s) };
+}
+
 /// This thread's heap, created on first use. Null when the OS refuses memory.
 pub fn heap_or_init() -> *mut Heap {
     let h = tls_heap();
