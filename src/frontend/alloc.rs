@@ -12,7 +12,7 @@ use super::table::{current_of, Table};
 use super::thread_heap::tls_table;
 use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{Block, Slab};
-use crate::platform::valgrind;
+use crate::platform::{cpu, valgrind};
 use crate::sync::Ordering;
 
 // ---------------------------------------------------------------------------------------------
@@ -51,7 +51,13 @@ pub(super) unsafe fn pop(t: *mut Table, s: *mut Slab, b: *mut Block, size: i64) 
     // `used`, `allocs` and the stock; b is the head of s's free list, a free block of s.
     unsafe {
         debug_assert!((*t).stock.avail >= size);
-        (*s).free = Block::link(b);
+        let next = Block::link(b);
+        (*s).free = next;
+        // The next malloc of this class reads `next`'s link: start bringing its line in now. A
+        // block freed by another thread (a producer/consumer hand-off) sits in that thread's
+        // cache, and the load would otherwise stall the next malloc (`prodcons`: 85 % of
+        // malloc's samples on it).
+        cpu::prefetch(next as *const u8);
         // Owner-only counters, read by statistics: `allocs` first, so that a reader (which loads
         // `allocs` before `used`) never sees more objects than allocations. Relaxed: the reader
         // clamps to that invariant on weakly ordered machines (see `objects::stats`).
