@@ -225,6 +225,20 @@ pub enum CacheLookup {
 /// # Safety
 /// `s` is a live node on which the caller holds a reference (a handle, a table's, a child's or a cache's).
 pub unsafe fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
+    // SAFETY: the caller's contract; create_cache takes the tree lock itself.
+    unsafe { lock_or_create(s, class, || create_cache(s, class)) }
+}
+
+/// The loop of [`lock_cache`]: the live cache of (`s`, `class`) locked, `create` making it
+/// when the slot is empty (false: the OS refused, or `s` closed meanwhile).
+///
+/// # Safety
+/// As [`lock_cache`].
+unsafe fn lock_or_create(
+    s: *mut ScopeNode,
+    class: usize,
+    create: impl Fn() -> bool,
+) -> CacheLookup {
     loop {
         // SAFETY: the caller holds a reference on s, so the node is alive; its `caches` slots are
         // written under its lock, and emptied only by `close_node` under it.
@@ -237,7 +251,7 @@ pub unsafe fn lock_cache(s: *mut ScopeNode, class: usize) -> CacheLookup {
             if (*s).is_closed() {
                 return CacheLookup::Closed;
             }
-            if !create_cache(s, class) {
+            if !create() {
                 return if (*s).is_closed() {
                     CacheLookup::Closed
                 } else {
@@ -258,22 +272,8 @@ pub unsafe fn lock_cache_tree_locked(
     s: *mut ScopeNode,
     class: usize,
 ) -> CacheLookup {
-    loop {
-        // SAFETY: as in lock_cache; creation and close are serialised by the tree lock we hold.
-        unsafe {
-            match protocol::lock_live_cache(&(*s).lock, &(*s).caches[class]) {
-                SlotLookup::Locked(c) => return CacheLookup::Locked(c),
-                SlotLookup::Dying => return CacheLookup::Closed,
-                SlotLookup::Empty => {}
-            }
-            if (*s).is_closed() {
-                return CacheLookup::Closed;
-            }
-            if !create_cache_tree_locked(tree, s, class) {
-                return CacheLookup::Oom;
-            }
-        }
-    }
+    // SAFETY: the caller's contract; creation and close are serialised by the tree lock we hold.
+    unsafe { lock_or_create(s, class, || create_cache_tree_locked(tree, s, class)) }
 }
 
 impl Counted for Cache {
