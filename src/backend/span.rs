@@ -228,7 +228,7 @@ fn new_segment() -> *mut Segment {
     unsafe {
         (*seg).key = os::random_u64();
         (*seg).tag_key = os::random_u64();
-        (*seg).canary_key = os::random_u64();
+        (*seg).canary_key = super::segment::canary_key_from(os::random_u64());
     }
     // Fresh pages are clean: account them as "purged" so that taking them is symmetric (the
     // secure build's guard page too: never touched, it is given back with the segment as a

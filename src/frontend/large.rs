@@ -15,7 +15,9 @@ use crate::backend::span;
 use crate::objects::cache::{self, CacheLookup};
 use crate::objects::protocol;
 use crate::objects::size_class::LARGE_CLASS;
-use crate::objects::slab::{free_slab_span, slab_at, Slab, KIND_HUGE, KIND_LARGE, OWNER_LARGE};
+#[cfg(not(feature = "secure"))]
+use crate::objects::slab::free_slab_span;
+use crate::objects::slab::{slab_at, Slab, KIND_HUGE, KIND_LARGE, OWNER_LARGE};
 #[cfg(feature = "secure")]
 use crate::platform::os;
 use crate::platform::valgrind;
@@ -30,6 +32,20 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
         let (npages, head) = (usable / PAGE_SIZE, 0);
         #[cfg(feature = "secure")]
         let (npages, head) = guarded_span(usable, align);
+        // Secure build: a quarantined span of the same geometry, guards still up.
+        #[cfg(feature = "secure")]
+        {
+            let sl = super::quarantine::take(npages, usable, align);
+            if !sl.is_null() {
+                // SAFETY: the quarantine gave the descriptor to us; it is ours until published.
+                unsafe {
+                    (*sl).kind = KIND_LARGE;
+                    (*sl).zeroed = false;
+                    (*sl).used.store(1, Ordering::Relaxed);
+                }
+                return sl;
+            }
+        }
         let Some(sp) = span::alloc_span(npages, (align / PAGE_SIZE).max(1)) else {
             return null_mut();
         };
@@ -129,7 +145,7 @@ unsafe fn set_guards(start: *mut u8, usable: usize) -> Guards {
 /// # Safety
 /// `s` describes a large block that nobody uses any more.
 #[cfg(feature = "secure")]
-unsafe fn lift_guards(s: *const Slab) -> bool {
+pub(super) unsafe fn lift_guards(s: *const Slab) -> bool {
     let page = os::page_size();
     // SAFETY: the guards of the block lie in its span (set_guards), which nobody uses.
     unsafe {
@@ -249,13 +265,10 @@ unsafe fn release_large_memory(s: *mut Slab) {
             (*s).mark_free();
             huge::free_huge(seg);
         } else {
-            // Secure build: a span whose guards stay up is never handed out again (it stays
-            // taken in the back end, its descriptor describing nothing).
+            // Secure build: the block waits in the quarantine, guards up.
             #[cfg(feature = "secure")]
-            if !lift_guards(s) {
-                (*s).mark_free();
-                return;
-            }
+            super::quarantine::put(s);
+            #[cfg(not(feature = "secure"))]
             free_slab_span(s);
         }
     }

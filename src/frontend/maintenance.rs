@@ -57,6 +57,8 @@ pub(super) unsafe fn maintenance(h: *mut Heap, force: bool) {
     {
         sweep_abandoned();
     }
+    #[cfg(feature = "secure")]
+    super::quarantine::expire(force);
     decay::tick(force);
 }
 
@@ -70,6 +72,8 @@ pub fn trim() {
         unsafe { maintenance(h, true) };
     } else {
         sweep_abandoned();
+        #[cfg(feature = "secure")]
+        super::quarantine::expire(true);
         decay::tick(true);
     }
 }

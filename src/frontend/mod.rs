@@ -15,6 +15,8 @@ pub mod alloc;
 pub mod free;
 pub mod large;
 pub mod maintenance;
+#[cfg(feature = "secure")]
+mod quarantine;
 pub mod refill;
 pub mod shared;
 pub mod slow_paths;

@@ -159,10 +159,14 @@ unsafe extern "C" fn fork_prepare() {
     crate::backend::lock_for_fork();
     scope::pools_lock(true);
     pools_lock(true);
+    #[cfg(feature = "secure")]
+    super::quarantine::lock_for_fork();
 }
 
 /// `fork` parent and child handler: releases what `fork_prepare` took.
 unsafe extern "C" fn fork_after() {
+    #[cfg(feature = "secure")]
+    super::quarantine::unlock_after_fork();
     pools_lock(false);
     scope::pools_lock(false);
     crate::backend::unlock_after_fork();

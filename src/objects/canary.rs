@@ -10,7 +10,9 @@
 //!                                       [size-8, size) trailer = canary_key ^ b ^ FREE
 //! ```
 //! `canary_key` is a third random key of the block's segment
-//! (`backend::segment::Segment::canary_key`), independent of the link and tag keys. The pad is the
+//! (`backend::segment::Segment::canary_key`), independent of the link and tag keys, its top byte
+//! odd (`backend::segment::canary_key_from`), so that a trailer's last byte, the one a one-byte
+//! underflow of the next block writes, is odd: an even byte written there is always seen. The pad is the
 //! one byte at `n` (none when `n = size - 8`: the trailer follows the data): a linear overflow of
 //! any length writes byte `n` first, so one byte is enough to see it (a longer one that happens
 //! to write the pad's value there is seen if it reaches the trailer). The pad byte is odd, so a

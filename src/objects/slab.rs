@@ -36,6 +36,10 @@ pub const KIND_HUGE: u8 = 3;
 /// stub keeps what a slab keeps for statistics and release (`used`, `allocs`, the remote-free
 /// list, its cache). Stubs come from a pool, never from a segment.
 pub const KIND_STUB: u8 = 4;
+/// Descriptor kind (secure build): a freed large block waiting in the quarantine, guard pages up
+/// (`frontend::quarantine`). It describes no live block: a free of it is refused.
+#[cfg(feature = "secure")]
+pub const KIND_QUARANTINED: u8 = 5;
 
 /// A free object: its first word links it into a free list. The words are read and written only
 /// through [`Block::link`] and [`Block::set_link`], which tell Valgrind's memcheck (feature

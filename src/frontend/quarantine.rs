@@ -1,0 +1,209 @@
+//! Secure build: freed large blocks wait in a small quarantine, their guard pages up, before their
+//! spans go back to the back end (issue 11).
+//!
+//! ```text
+//! free_large  ─► put(s): kind = QUARANTINED; the oldest entries out while full (guards lifted,
+//!                span back to the back end, after the lock)
+//! alloc_large ─► take(pages, usable, align): an entry of that geometry with AGE younger ones
+//!                behind it, guards still up: no mprotect
+//! maintenance ─► expire: entries older than the decay time out (all of them at `trim`)
+//! ```
+//!
+//! Two things come of it. A stale pointer to a waiting block frees nothing: its descriptor is
+//! not a live block, so `free` refuses it (a double free of a large block is caught while the
+//! span waits, from any thread, instead of freeing whatever the span became: a slab of another
+//! thread, say). And a large allocation of a geometry freed before takes that span as it is,
+//! where setting and lifting a block's two guards costs four `mprotect` calls. The quarantine
+//! holds at most [`SLOTS`] blocks and [`BYTES`] bytes; a larger block skips it.
+
+use super::large::lift_guards;
+use crate::backend::decay::DECAY_MS;
+use crate::backend::segment::PAGE_SIZE;
+use crate::objects::slab::{free_slab_span, Slab, KIND_LARGE, KIND_QUARANTINED};
+use crate::platform::os;
+use crate::sync::{Ordering, SpinLock};
+use core::ptr::null_mut;
+
+/// Blocks the quarantine holds at most.
+const SLOTS: usize = 16;
+/// Bytes of spans it holds at most (a span larger than this skips it).
+const BYTES: usize = 8 << 20;
+/// A waiting block is handed out again only once this many blocks were quarantined after it:
+/// a double free within the last `AGE` large frees is always caught.
+const AGE: u64 = 8;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// The descriptor (null: a free slot).
+    s: *mut Slab,
+    /// Its place in the order of `put`s.
+    seq: u64,
+    freed_ms: u64,
+}
+
+struct Ring {
+    e: [Entry; SLOTS],
+    /// `put`s so far.
+    seq: u64,
+    bytes: usize,
+}
+
+// SAFETY: the descriptors are reached only under the lock, and belong to the quarantine there.
+unsafe impl Send for Ring {}
+
+static RING: SpinLock<Ring> = SpinLock::new(Ring {
+    e: [Entry {
+        s: null_mut(),
+        seq: 0,
+        freed_ms: 0,
+    }; SLOTS],
+    seq: 0,
+    bytes: 0,
+});
+
+/// Bytes of a span.
+///
+/// # Safety
+/// `s` is a large descriptor.
+unsafe fn span_bytes(s: *const Slab) -> usize {
+    // SAFETY: per the contract.
+    unsafe { (*s).npages as usize * PAGE_SIZE }
+}
+
+/// Quarantines `s`, a large block nobody uses any more (its charge and cache reference gone),
+/// guards up; the oldest blocks leave to make room.
+///
+/// # Safety
+/// `s` describes a large block of a segment of ours that nobody uses; its guards are set.
+pub(super) unsafe fn put(s: *mut Slab) {
+    // SAFETY: s is ours alone (the contract) until it is in the ring, then the ring's.
+    unsafe {
+        let bytes = span_bytes(s);
+        if bytes > BYTES {
+            release(s);
+            return;
+        }
+        (*s).kind = KIND_QUARANTINED;
+        let now = os::now_ms();
+        let mut out = [null_mut(); SLOTS];
+        let mut n = 0;
+        let mut r = RING.lock();
+        let slot = loop {
+            let free = r.e.iter().position(|x| x.s.is_null());
+            if let Some(i) = free {
+                if r.bytes + bytes <= BYTES {
+                    break i;
+                }
+            }
+            // The oldest waiting block leaves (the ring is not empty: a free slot with too many
+            // bytes means some are waiting).
+            let Some(i) = (0..SLOTS)
+                .filter(|&i| !r.e[i].s.is_null())
+                .min_by_key(|&i| r.e[i].seq)
+            else {
+                break free.unwrap_or(0);
+            };
+            out[n] = r.e[i].s;
+            n += 1;
+            r.bytes -= span_bytes(r.e[i].s);
+            r.e[i].s = null_mut();
+        };
+        r.seq += 1;
+        let seq = r.seq;
+        r.e[slot] = Entry {
+            s,
+            seq,
+            freed_ms: now,
+        };
+        r.bytes += bytes;
+        drop(r);
+        for &x in &out[..n] {
+            release(x);
+        }
+    }
+}
+
+/// The oldest waiting span of `npages` pages whose block is `usable` bytes at an address aligned
+/// to `align`, with at least [`AGE`] younger ones behind it; its descriptor is the caller's (still
+/// `KIND_QUARANTINED`, guards up). Null when there is none.
+pub(super) fn take(npages: usize, usable: usize, align: usize) -> *mut Slab {
+    let mut r = RING.lock();
+    let seq = r.seq;
+    // The oldest fitting one.
+    let found = (0..SLOTS)
+        .filter(|&i| {
+            let x = r.e[i];
+            // SAFETY: the descriptors in the ring are the ring's, read under its lock.
+            unsafe {
+                !x.s.is_null()
+                    && x.seq + AGE <= seq
+                    && (*x.s).npages as usize == npages
+                    && (*x.s).block_size as usize == usable
+                    && ((*x.s).start as usize).is_multiple_of(align)
+            }
+        })
+        .min_by_key(|&i| r.e[i].seq);
+    let s = match found {
+        Some(i) => {
+            let s = r.e[i].s;
+            // SAFETY: as above.
+            r.bytes -= unsafe { span_bytes(s) };
+            r.e[i].s = null_mut();
+            s
+        }
+        None => null_mut(),
+    };
+    drop(r);
+    s
+}
+
+/// Releases the blocks that waited longer than the decay time (all of them when `force`).
+pub(super) fn expire(force: bool) {
+    let now = os::now_ms();
+    let decay = DECAY_MS.load(Ordering::Relaxed);
+    let mut out = [null_mut(); SLOTS];
+    let mut n = 0;
+    let mut r = RING.lock();
+    for i in 0..SLOTS {
+        let x = r.e[i];
+        if !x.s.is_null() && (force || now >= x.freed_ms + decay) {
+            out[n] = x.s;
+            n += 1;
+            // SAFETY: the descriptor is the ring's, read under its lock.
+            r.bytes -= unsafe { span_bytes(x.s) };
+            r.e[i].s = null_mut();
+        }
+    }
+    drop(r);
+    for &x in &out[..n] {
+        // SAFETY: x left the ring under its lock: it is ours alone.
+        unsafe { release(x) };
+    }
+}
+
+/// Lifts the guards of `s` and gives its span back; a span whose guards stay up is never handed
+/// out again (it stays taken in the back end, its descriptor describing nothing).
+///
+/// # Safety
+/// `s` describes a large (or quarantined) block nobody uses, guards set.
+unsafe fn release(s: *mut Slab) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*s).kind = KIND_LARGE;
+        if lift_guards(s) {
+            free_slab_span(s);
+        } else {
+            (*s).mark_free();
+        }
+    }
+}
+
+/// Takes the quarantine's lock (fork prepare). It is a leaf: nothing else is locked under it.
+pub(super) fn lock_for_fork() {
+    RING.lock_for_fork();
+}
+
+/// Releases what [`lock_for_fork`] took (fork parent and child).
+pub(super) fn unlock_after_fork() {
+    RING.force_unlock();
+}
