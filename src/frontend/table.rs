@@ -449,17 +449,30 @@ pub(super) unsafe fn retire_closed_table(h: *mut Heap, s: *mut ScopeNode) {
         if !(*s).is_closed() {
             return;
         }
+        let t = find_table(h, s);
+        if !t.is_null() && t != tls_table() && (*t).pins == 0 {
+            abandon_table(t);
+        }
+    }
+}
+
+/// `h`'s live (not dead) table of scope `s`, or null: one index chain, or the list when the heap
+/// has no index array (the OS refused it).
+///
+/// # Safety
+/// `h` is this thread's heap.
+unsafe fn find_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
+    // SAFETY: h and its tables are this thread's (the contract).
+    unsafe {
         let mut t = if (*h).nbuckets > 0 {
             *bucket(h, s)
         } else {
             (*h).tables
         };
         while !t.is_null() {
+            count_visit();
             if (*t).scope == s && !(*t).dead {
-                if t != tls_table() && (*t).pins == 0 {
-                    abandon_table(t);
-                }
-                return;
+                return t;
             }
             t = if (*h).nbuckets > 0 {
                 (*t).hnext
@@ -467,6 +480,7 @@ pub(super) unsafe fn retire_closed_table(h: *mut Heap, s: *mut ScopeNode) {
                 (*t).next
             };
         }
+        null_mut()
     }
 }
 
@@ -481,21 +495,9 @@ pub unsafe fn table_for(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
     let target = unsafe { scope::nearest_live(s) };
     // SAFETY: h is this thread's heap.
     unsafe {
-        let mut t = if (*h).nbuckets > 0 {
-            *bucket(h, target)
-        } else {
-            (*h).tables // no index array (the OS refused it): the list
-        };
-        while !t.is_null() {
-            count_visit();
-            if (*t).scope == target && !(*t).dead {
-                return t;
-            }
-            t = if (*h).nbuckets > 0 {
-                (*t).hnext
-            } else {
-                (*t).next
-            };
+        let t = find_table(h, target);
+        if !t.is_null() {
+            return t;
         }
         if (*h).ntables >= (*h).drop_at {
             drop_closed(h);

@@ -12,17 +12,17 @@
 //! `canary_key` is a third random key of the block's segment
 //! (`backend::segment::Segment::canary_key`), independent of the link and tag keys, its top byte
 //! odd (`backend::segment::canary_key_from`), so that a trailer's last byte, the one a one-byte
-//! underflow of the next block writes, is odd: an even byte written there is always seen. The pad is the
-//! one byte at `n` (none when `n = size - 8`: the trailer follows the data): a linear overflow of
-//! any length writes byte `n` first, so one byte is enough to see it (a longer one that happens
-//! to write the pad's value there is seen if it reaches the trailer). The pad byte is odd, so a
-//! string's terminator (or any even byte) written one past the end is always seen; a random byte
-//! goes unseen with probability 1/128. One byte, not a word, because the free path checks it on
-//! every free: a load and a compare, where a partial word needs a mask. A write that changes
-//! the trailer decodes to a length above `size - 8` or to another `n`, whose pad then does not
-//! match, with overwhelming probability. Checked by `frontend::free::check_small_free` (every
-//! free of a small block, from any thread), by `frontend::alloc::pop` (the free trailer of a block
-//! handed out) and by the usable size (`malloc_usable_size` and `realloc` read `n` from it).
+//! underflow of the next block writes, is odd: an even byte written there is always seen. The
+//! pad is the one byte at `n` (none when `n = size - 8`: the trailer follows the data): a linear
+//! overflow of any length writes byte `n` first, so one byte is enough to see it (a longer one
+//! that happens to write the pad's value there is seen if it reaches the trailer). The pad byte
+//! is odd, so a string's terminator (or any even byte) written one past the end is always seen;
+//! a random byte goes unseen with probability 1/128. One byte, not a word, because the free path
+//! checks it on every free: a load and a compare, where a partial word needs a mask. A write that
+//! changes the trailer decodes to a length above `size - 8` or to another `n`, whose pad then
+//! does not match, with overwhelming probability. Checked by `frontend::free::check_small_free`
+//! (every free of a small block, from any thread), by `frontend::alloc::pop` (the free trailer of
+//! a block handed out) and by the usable size (`malloc_usable_size` and `realloc` read `n` from it).
 //!
 //! So a small block serves at most `size - TRAILER` bytes, and that is its usable size: exactly
 //! what was asked (`malloc_usable_size` is truthful: writing up to it never trips the canary).
