@@ -92,6 +92,10 @@ fn secure_rust_usable_sizes_are_exact_and_writable_after_resizing_in_place() {
     }
 }
 
+/// The quarantine is one per process: its tests take turns.
+#[cfg(feature = "secure")]
+static QUARANTINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Freed large blocks wait in the quarantine (`frontend::quarantine`): the block just freed is
 /// not handed out again at once (a stale pointer to it stays refused), while one freed 8 or
 /// more large frees ago is, as it was: same address, guard pages still up, its whole usable size
@@ -100,6 +104,7 @@ fn secure_rust_usable_sizes_are_exact_and_writable_after_resizing_in_place() {
 #[test]
 fn secure_rust_large_blocks_wait_in_the_quarantine_and_are_reused_after_it() {
     use std::alloc::{GlobalAlloc, Layout};
+    let _one_at_a_time = QUARANTINE.lock().unwrap_or_else(|e| e.into_inner());
     let l = Layout::from_size_align(256 << 10, 8).unwrap();
     // SAFETY: non-zero layouts; every block is written within its size and freed once.
     unsafe {
@@ -129,6 +134,83 @@ fn secure_rust_large_blocks_wait_in_the_quarantine_and_are_reused_after_it() {
         );
         again.write_bytes(0x22, l.size());
         GLOBAL.dealloc(again, l);
+    }
+    scopealloc::trim();
+}
+
+/// The protection of the page that holds `addr`, from /proc/self/maps (`"---p"` for a guard).
+#[cfg(feature = "secure")]
+fn protection_at(addr: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        let (lo, hi) = range.split_once('-').unwrap();
+        let lo = usize::from_str_radix(lo, 16).unwrap();
+        let hi = usize::from_str_radix(hi, 16).unwrap();
+        if (lo..hi).contains(&addr) {
+            return perms.to_string();
+        }
+    }
+    panic!("{addr:#x} is in no mapping");
+}
+
+/// A quarantined span is handed out again for a block of another size that fits in it, its tail
+/// guard moved to the new block's end (one `mprotect` instead of four for a fresh span): a
+/// shorter block gets a guard right after it, a longer one the pages the old guard held.
+#[cfg(feature = "secure")]
+#[test]
+fn secure_rust_a_quarantined_span_serves_another_size_with_its_guard_moved() {
+    use std::alloc::{GlobalAlloc, Layout};
+    let _one_at_a_time = QUARANTINE.lock().unwrap_or_else(|e| e.into_inner());
+    let page = 4096;
+    // Both fit a span of four 64 KiB pages with a guard page before and after.
+    let long = Layout::from_size_align(240 << 10, 8).unwrap();
+    let short = Layout::from_size_align(190 << 10, 8).unwrap();
+    let age = |l: Layout| {
+        // Eight more large frees age the quarantined blocks out of the protected window.
+        // SAFETY: non-zero layouts; each block is freed once with its layout.
+        unsafe {
+            let more: Vec<*mut u8> = (0..8).map(|_| GLOBAL.alloc(l)).collect();
+            for &p in &more {
+                GLOBAL.dealloc(p, l);
+            }
+        }
+    };
+    let guarded = |p: *mut u8, size: usize| {
+        // SAFETY: p is a live block of ours.
+        let usable = unsafe { scopealloc::usable_size(p) };
+        assert!(usable >= size && usable - size < page, "whole OS pages");
+        let (start, end) = (p as usize, p as usize + usable);
+        assert_eq!(protection_at(start - 1), "---p", "guard before the block");
+        assert_eq!(protection_at(end), "---p", "guard after the block");
+        assert!(
+            protection_at(end - 1).starts_with("rw"),
+            "the block's last page"
+        );
+    };
+    scopealloc::trim(); // an empty quarantine
+                        // SAFETY: non-zero layouts; every block is written within its size and freed once.
+    unsafe {
+        let first = GLOBAL.alloc(long);
+        first.write_bytes(0x11, long.size());
+        GLOBAL.dealloc(first, long);
+        age(Layout::from_size_align(600 << 10, 8).unwrap()); // other spans: 10 pages
+        let shorter = GLOBAL.alloc(short);
+        assert_eq!(shorter, first, "the span serves a shorter block");
+        guarded(shorter, short.size());
+        shorter.write_bytes(0x22, short.size());
+        GLOBAL.dealloc(shorter, short);
+        age(Layout::from_size_align(600 << 10, 8).unwrap());
+        let longer = GLOBAL.alloc_zeroed(long);
+        assert_eq!(longer, first, "and a longer one again");
+        guarded(longer, long.size());
+        assert!(
+            (0..long.size()).all(|i| *longer.add(i) == 0),
+            "zeroed memory from a reused span"
+        );
+        longer.write_bytes(0x33, long.size());
+        GLOBAL.dealloc(longer, long);
     }
     scopealloc::trim();
 }

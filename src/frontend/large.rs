@@ -32,12 +32,14 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
         let (npages, head) = (usable / PAGE_SIZE, 0);
         #[cfg(feature = "secure")]
         let (npages, head) = guarded_span(usable, align);
-        // Secure build: a quarantined span of the same geometry, guards still up.
+        // Secure build: a quarantined span of as many pages whose block start suits `align`,
+        // guards still up; its tail guard moves to the new block's end.
         #[cfg(feature = "secure")]
         {
             let sl = super::quarantine::take(npages, usable, align);
-            if !sl.is_null() {
-                // SAFETY: the quarantine gave the descriptor to us; it is ours until published.
+            // SAFETY: the quarantine gave the descriptor to us; it is ours until published.
+            if !sl.is_null() && unsafe { move_tail_guard(sl, usable) } {
+                // SAFETY: as above.
                 unsafe {
                     (*sl).kind = KIND_LARGE;
                     (*sl).zeroed = false;
@@ -49,10 +51,11 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
         let Some(sp) = span::alloc_span(npages, (align / PAGE_SIZE).max(1)) else {
             return null_mut();
         };
-        let start = crate::backend::segment::page_start(sp.seg, sp.idx).wrapping_add(head);
+        let span_start = crate::backend::segment::page_start(sp.seg, sp.idx);
+        let start = span_start.wrapping_add(head);
         #[cfg(feature = "secure")]
         // SAFETY: the span is ours and holds nothing yet; the block lies in it (guarded_span).
-        match unsafe { set_guards(start, usable) } {
+        match unsafe { set_guards(span_start, npages * PAGE_SIZE, start, usable) } {
             Guards::Set => {}
             Guards::Refused => {
                 // SAFETY: the span was just handed out, holds nothing and is left unprotected.
@@ -93,14 +96,31 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
 }
 
 /// Secure build: the layout of a large block's span, (pages, offset of the block in the span):
-/// an inaccessible OS page just before the block (its alignment before it, if larger, the
-/// guard being the last page of it) and one just after its usable bytes, so that a linear
-/// overflow or underflow of a large block faults (and the SIGSEGV reporter names it).
+/// at least one inaccessible OS page before the block (its alignment before it, if larger: the
+/// whole head of the span is the guard) and at least one after its usable bytes (the rest of the
+/// span), so that a linear overflow or underflow of a large block faults (and the SIGSEGV
+/// reporter names it).
 #[cfg(feature = "secure")]
 fn guarded_span(usable: usize, align: usize) -> (usize, usize) {
     let page = os::page_size();
     let head = align.max(page);
     ((head + usable + page).div_ceil(PAGE_SIZE), head)
+}
+
+/// Secure build: the bounds of the span of large descriptor `s`, (first byte, bytes).
+///
+/// # Safety
+/// `s` describes a large block (live, quarantined or being released).
+#[cfg(feature = "secure")]
+pub(super) unsafe fn span_of(s: *const Slab) -> (*mut u8, usize) {
+    // SAFETY: per the contract, the descriptor's fields are set; its block lies in its span.
+    unsafe {
+        let seg = segment_of((*s).start);
+        (
+            crate::backend::segment::page_start(seg, (*s).page_idx as usize),
+            (*s).npages as usize * PAGE_SIZE,
+        )
+    }
 }
 
 /// Secure build: how setting a large block's guards went.
@@ -115,27 +135,62 @@ enum Guards {
     Stuck,
 }
 
-/// Secure build: makes the OS pages just before `start` and just after `start + usable`
-/// inaccessible.
+/// Secure build: makes the span `span_start..+span_len` inaccessible but for the block
+/// `start..+usable`: a guard before it and one after it, to the span's ends.
 ///
 /// # Safety
-/// Both pages lie in a span of ours that holds nothing.
+/// The span is ours and holds nothing; the block lies in it with at least one OS page on each
+/// side (`guarded_span`).
 #[cfg(feature = "secure")]
-unsafe fn set_guards(start: *mut u8, usable: usize) -> Guards {
-    let page = os::page_size();
-    // SAFETY: both pages lie in the span (the contract).
+unsafe fn set_guards(
+    span_start: *mut u8,
+    span_len: usize,
+    start: *mut u8,
+    usable: usize,
+) -> Guards {
+    // SAFETY: both guards lie in the span (the contract).
     unsafe {
-        if !os::protect(start.add(usable), page, true) {
+        let end = start.add(usable);
+        let tail = span_start as usize + span_len - end as usize;
+        if !os::protect(end, tail, true) {
             return Guards::Refused;
         }
-        if os::protect(start.sub(page), page, true) {
+        if os::protect(span_start, start as usize - span_start as usize, true) {
             return Guards::Set;
         }
-        if os::protect(start.add(usable), page, false) {
+        if os::protect(end, tail, false) {
             Guards::Refused
         } else {
             Guards::Stuck
         }
+    }
+}
+
+/// Secure build: moves the tail guard of quarantined block `s` (guards up) to the end of a block
+/// of `usable` bytes at the same start, with one `mprotect` (none if the size is the same):
+/// the pages between the two ends become inaccessible (a shorter block) or accessible (a longer
+/// one). False, with `s` released, if the kernel refused: the caller maps a fresh span.
+///
+/// # Safety
+/// `s` is a quarantined descriptor the caller took from the quarantine; `usable` is whole OS
+/// pages and leaves at least one OS page of the span after the block (`quarantine::take`).
+#[cfg(feature = "secure")]
+unsafe fn move_tail_guard(s: *mut Slab, usable: usize) -> bool {
+    // SAFETY: the block and both ends lie in the span (the contract); nobody uses the span.
+    unsafe {
+        let old = (*s).block_size as usize;
+        let start = (*s).start;
+        let moved = match usable.cmp(&old) {
+            core::cmp::Ordering::Equal => true,
+            core::cmp::Ordering::Less => os::protect(start.add(usable), old - usable, true),
+            core::cmp::Ordering::Greater => os::protect(start.add(old), usable - old, false),
+        };
+        if moved {
+            (*s).block_size = usable as u32;
+        } else {
+            super::quarantine::release(s);
+        }
+        moved
     }
 }
 
@@ -146,12 +201,13 @@ unsafe fn set_guards(start: *mut u8, usable: usize) -> Guards {
 /// `s` describes a large block that nobody uses any more.
 #[cfg(feature = "secure")]
 pub(super) unsafe fn lift_guards(s: *const Slab) -> bool {
-    let page = os::page_size();
-    // SAFETY: the guards of the block lie in its span (set_guards), which nobody uses.
+    // SAFETY: the guards of the block fill its span around it (set_guards), which nobody uses.
     unsafe {
+        let (span_start, span_len) = span_of(s);
         let start = (*s).start;
-        let after = os::protect(start.add((*s).block_size as usize), page, false);
-        os::protect(start.sub(page), page, false) && after
+        let end = start.add((*s).block_size as usize);
+        let after = os::protect(end, span_start as usize + span_len - end as usize, false);
+        os::protect(span_start, start as usize - span_start as usize, false) && after
     }
 }
 
