@@ -215,6 +215,89 @@ fn secure_rust_a_quarantined_span_serves_another_size_with_its_guard_moved() {
     scopealloc::trim();
 }
 
+/// Runs test `name` of this binary again in a process of its own, alone (with
+/// `SCOPEALLOC_TEST_ALONE` set): for tests that make system calls fail, which would refuse
+/// other tests' memory too.
+#[cfg(feature = "secure")]
+fn rerun_alone(name: &str) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env("SCOPEALLOC_TEST_ALONE", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} alone: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// When the kernel refuses to move a quarantined span's tail guard, the span is released and a
+/// fresh one is tried; if that is refused too, the allocation is refused with nothing charged,
+/// and once the kernel agrees again large blocks are served, guarded, as before.
+#[cfg(feature = "secure")]
+#[test]
+fn secure_rust_a_refused_guard_move_refuses_cleanly() {
+    use scopealloc::testing::{fail_after, os_calls, OsCall};
+    use std::alloc::{GlobalAlloc, Layout};
+    if std::env::var_os("SCOPEALLOC_TEST_ALONE").is_none() {
+        return rerun_alone("secure_rust_a_refused_guard_move_refuses_cleanly");
+    }
+    let long = Layout::from_size_align(240 << 10, 8).unwrap();
+    let short = Layout::from_size_align(190 << 10, 8).unwrap();
+    let other = Layout::from_size_align(600 << 10, 8).unwrap();
+    scopealloc::trim();
+    let scope = scopealloc::Scope::root().child("refused-guard");
+    // SAFETY: non-zero layouts; every block is freed once with its layout.
+    unsafe {
+        let first = GLOBAL.alloc(long);
+        GLOBAL.dealloc(first, long);
+        let more: Vec<*mut u8> = (0..8).map(|_| GLOBAL.alloc(other)).collect();
+        for &p in &more {
+            GLOBAL.dealloc(p, other);
+        }
+        // `first` now serves `short` with one mprotect: refuse it, and everything after.
+        let calls = os_calls(OsCall::Protect);
+        let refused = scope.run(|| {
+            fail_after(OsCall::Protect, Some(0));
+            let p = GLOBAL.alloc(short);
+            fail_after(OsCall::Protect, None);
+            p
+        });
+        assert!(
+            refused.is_null(),
+            "every guard refused: the request is refused"
+        );
+        assert_eq!(
+            os_calls(OsCall::Protect) - calls,
+            4,
+            "the move, the two lifts of the released span, the fresh span's first guard"
+        );
+        let st = scope.stats();
+        assert_eq!(
+            (st.bytes, st.objects, st.charged_bytes, st.allocs),
+            (0, 0, 0, 0),
+            "nothing charged for the refused block"
+        );
+        let p = scope.run(|| GLOBAL.alloc(short));
+        assert!(!p.is_null());
+        assert_ne!(
+            p, first,
+            "a span whose guards stayed up is never handed out again"
+        );
+        let end = p as usize + scopealloc::usable_size(p);
+        assert_eq!(protection_at(p as usize - 1), "---p");
+        assert_eq!(protection_at(end), "---p");
+        p.write_bytes(0x44, short.size());
+        assert_eq!(scope.stats().objects, 1);
+        GLOBAL.dealloc(p, short);
+    }
+    scope.close();
+    scopealloc::trim();
+}
+
 /// Seconds before a run counts as hung.
 const TIMEOUT: &str = "20";
 
