@@ -3,7 +3,10 @@
 # between runs of 2 000 000 and 1 000 000 pairs, divided by 1 000 000, so that start-up cancels
 # (the loop's own few instructions are included). Two sets: Rust (`examples/pair_count.rs`,
 # through `GlobalAlloc`) and C (`bench/callgrind/pair.c` under LD_PRELOAD of libscopealloc.so and
-# of Debian's libjemalloc2 and libmimalloc2.0 where installed, and glibc). Needs valgrind and cc.
+# of Debian's libjemalloc2 and libmimalloc2.0 where installed, and glibc), each also with one more
+# block kept live (PAIR_KEEP=1), so that no free empties its page: mimalloc retires an empty page
+# at free, which the plain loop makes it do at every pair (116 against 54 instructions). Needs
+# valgrind and cc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --release --example pair_count -p scopealloc
@@ -22,7 +25,8 @@ per_pair() { # command prefix...; the pair count is appended
 }
 for run in "scopealloc 0" "scopealloc 4" "jemalloc 0" "mimalloc 0" "system 0"; do
     # shellcheck disable=SC2086
-    echo "rust $run: $(per_pair "$bin" $run) instructions per pair"
+    echo "rust $run: $(per_pair "$bin" $run) instructions per pair" \
+        "($(PAIR_KEEP=1 per_pair "$bin" $run) with a neighbour kept live)"
 done
 pair=$(mktemp -d)/pair
 cc -O2 -o "$pair" bench/callgrind/pair.c
@@ -33,5 +37,6 @@ for so in "$target/release/libscopealloc.so" "$lib/libjemalloc.so.2" "$lib/libmi
         continue
     fi
     # LD_PRELOAD in valgrind's environment reaches the program (valgrind adds its own preloads).
-    echo "c ${so:-glibc}: $(LD_PRELOAD=$so per_pair "$pair") instructions per pair"
+    echo "c ${so:-glibc}: $(LD_PRELOAD=$so per_pair "$pair") instructions per pair" \
+        "($(PAIR_KEEP=1 LD_PRELOAD=$so per_pair "$pair") with a neighbour kept live)"
 done
