@@ -92,6 +92,42 @@ fn secure_rust_usable_sizes_are_exact_and_writable_after_resizing_in_place() {
     }
 }
 
+/// Eight large blocks of layout `l` allocated, then freed: they return the blocks they were
+/// given, so that the blocks quarantined before them leave the protected window (the
+/// quarantine's `AGE`: a span is handed out again only with eight younger ones behind it).
+#[cfg(feature = "secure")]
+fn age_quarantine(l: std::alloc::Layout) -> Vec<*mut u8> {
+    use std::alloc::GlobalAlloc;
+    // SAFETY: a non-zero layout; each block is freed once with it.
+    unsafe {
+        let more: Vec<*mut u8> = (0..8).map(|_| GLOBAL.alloc(l)).collect();
+        for &p in &more {
+            GLOBAL.dealloc(p, l);
+        }
+        more
+    }
+}
+
+/// A zeroed block of layout `l`, which must be `first` (a span the quarantine hands out again),
+/// all of it zero (the span was written before it waited).
+///
+/// # Safety
+/// `l` is a non-zero layout; the caller frees the block with it.
+#[cfg(feature = "secure")]
+unsafe fn reused_zeroed(l: std::alloc::Layout, first: *mut u8, what: &str) -> *mut u8 {
+    use std::alloc::GlobalAlloc;
+    // SAFETY: per the contract; the block holds l.size() bytes.
+    unsafe {
+        let p = GLOBAL.alloc_zeroed(l);
+        assert_eq!(p, first, "{what}");
+        assert!(
+            (0..l.size()).all(|i| *p.add(i) == 0),
+            "zeroed memory from a reused span"
+        );
+        p
+    }
+}
+
 /// The quarantine is one per process: its tests take turns.
 #[cfg(feature = "secure")]
 static QUARANTINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -118,19 +154,11 @@ fn secure_rust_large_blocks_wait_in_the_quarantine_and_are_reused_after_it() {
         );
         GLOBAL.dealloc(next, l);
         // Eight more large frees age `first` out of the protected window.
-        let more: Vec<*mut u8> = (0..8).map(|_| GLOBAL.alloc(l)).collect();
-        assert!(!more.contains(&first));
-        for &p in &more {
-            GLOBAL.dealloc(p, l);
-        }
-        let again = GLOBAL.alloc_zeroed(l);
-        assert_eq!(
-            again, first,
-            "a block old enough in the quarantine is handed out again"
-        );
-        assert!(
-            (0..l.size()).all(|i| *again.add(i) == 0),
-            "zeroed memory from a reused span"
+        assert!(!age_quarantine(l).contains(&first));
+        let again = reused_zeroed(
+            l,
+            first,
+            "a block old enough in the quarantine is handed out again",
         );
         again.write_bytes(0x22, l.size());
         GLOBAL.dealloc(again, l);
@@ -167,16 +195,6 @@ fn secure_rust_a_quarantined_span_serves_another_size_with_its_guard_moved() {
     // Both fit a span of four 64 KiB pages with a guard page before and after.
     let long = Layout::from_size_align(240 << 10, 8).unwrap();
     let short = Layout::from_size_align(190 << 10, 8).unwrap();
-    let age = |l: Layout| {
-        // Eight more large frees age the quarantined blocks out of the protected window.
-        // SAFETY: non-zero layouts; each block is freed once with its layout.
-        unsafe {
-            let more: Vec<*mut u8> = (0..8).map(|_| GLOBAL.alloc(l)).collect();
-            for &p in &more {
-                GLOBAL.dealloc(p, l);
-            }
-        }
-    };
     let guarded = |p: *mut u8, size: usize| {
         // SAFETY: p is a live block of ours.
         let usable = unsafe { scopealloc::usable_size(p) };
@@ -195,20 +213,15 @@ fn secure_rust_a_quarantined_span_serves_another_size_with_its_guard_moved() {
         let first = GLOBAL.alloc(long);
         first.write_bytes(0x11, long.size());
         GLOBAL.dealloc(first, long);
-        age(Layout::from_size_align(600 << 10, 8).unwrap()); // other spans: 10 pages
+        age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap()); // other spans: 10 pages
         let shorter = GLOBAL.alloc(short);
         assert_eq!(shorter, first, "the span serves a shorter block");
         guarded(shorter, short.size());
         shorter.write_bytes(0x22, short.size());
         GLOBAL.dealloc(shorter, short);
-        age(Layout::from_size_align(600 << 10, 8).unwrap());
-        let longer = GLOBAL.alloc_zeroed(long);
-        assert_eq!(longer, first, "and a longer one again");
+        age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap());
+        let longer = reused_zeroed(long, first, "and a longer one again");
         guarded(longer, long.size());
-        assert!(
-            (0..long.size()).all(|i| *longer.add(i) == 0),
-            "zeroed memory from a reused span"
-        );
         longer.write_bytes(0x33, long.size());
         GLOBAL.dealloc(longer, long);
     }
@@ -254,10 +267,7 @@ fn secure_rust_a_refused_guard_move_refuses_cleanly() {
     unsafe {
         let first = GLOBAL.alloc(long);
         GLOBAL.dealloc(first, long);
-        let more: Vec<*mut u8> = (0..8).map(|_| GLOBAL.alloc(other)).collect();
-        for &p in &more {
-            GLOBAL.dealloc(p, other);
-        }
+        age_quarantine(other);
         // `first` now serves `short` with one mprotect: refuse it, and everything after.
         let calls = os_calls(OsCall::Protect);
         let refused = scope.run(|| {
