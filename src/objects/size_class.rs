@@ -117,14 +117,13 @@ pub const fn class_size(c: usize) -> usize {
 /// Object sizes of all classes, for the paths that read it per object.
 pub static SIZES: [u32; NCLASSES] = build_sizes();
 
-/// Secure build: per class, `c = ⌊(2^64 - 1) / size⌋ + 1`, so that an offset `n < 2^32` is a
-/// multiple of the class size exactly when `n * c` (wrapping) is below `c` (Lemire, Kaser
-/// and Kurz, "Faster remainder by direct computation", 2019): the free path's block-start check
-/// without a division.
-#[cfg(feature = "secure")]
+/// Per class, `c = ⌊(2^64 - 1) / size⌋ + 1` (Lemire, Kaser and Kurz, "Faster remainder by
+/// direct computation", 2019): for an offset `n < 2^32`, the high word of `n * c` is `n / size`
+/// (the index of a block in a slab, [`index_in_class`], without a division), and `n` is a
+/// multiple of the size exactly when the low word is below `c` (the secure build's block-start
+/// check, [`is_multiple_of_class`]).
 pub static DIVISIBILITY: [u64; NCLASSES] = build_divisibility();
 
-#[cfg(feature = "secure")]
 const fn build_divisibility() -> [u64; NCLASSES] {
     let mut t = [0u64; NCLASSES];
     let mut c = 0;
@@ -133,6 +132,19 @@ const fn build_divisibility() -> [u64; NCLASSES] {
         c += 1;
     }
     t
+}
+
+/// `off / size` for class `class`'s size, `off` below 2^32: which block of a slab of the class
+/// an offset falls in, with a multiplication where a division would take tens of cycles (the
+/// shared slabs' origin array is indexed so at every allocation and free of a small scope).
+///
+/// ```
+/// use scopealloc::size_class::{class_size, index_in_class};
+/// assert_eq!(index_in_class(3 * class_size(20) as u32 + 5, 20), 3);
+/// ```
+#[inline(always)]
+pub fn index_in_class(off: u32, class: usize) -> u32 {
+    ((DIVISIBILITY[class] as u128 * off as u128) >> 64) as u32
 }
 
 /// Secure build: whether `off` (below 2^32) is a multiple of class `class`'s size.
@@ -203,6 +215,17 @@ mod tests {
                     off % size == 0,
                     "class {c} off {off}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn block_index_without_division_agrees_with_the_quotient() {
+        for c in 0..NCLASSES {
+            let size = class_size(c) as u32;
+            let ends = [size - 1, size, size + 1, u32::MAX - 1, u32::MAX];
+            for off in (0..1u32 << 20).step_by(7).chain(ends) {
+                assert_eq!(index_in_class(off, c), off / size, "class {c} off {off}");
             }
         }
     }
