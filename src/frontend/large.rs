@@ -33,12 +33,12 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
         #[cfg(feature = "secure")]
         let (npages, head) = guarded_span(usable, align);
         // Secure build: a quarantined span of as many pages whose block start suits `align`,
-        // guards still up; its tail guard moves to the new block's end.
+        // all of it inaccessible; the new block's pages are opened, the rest stays the guards.
         #[cfg(feature = "secure")]
         {
             let sl = super::quarantine::take(npages, usable, align);
             // SAFETY: the quarantine gave the descriptor to us; it is ours until published.
-            if !sl.is_null() && unsafe { move_tail_guard(sl, usable) } {
+            if !sl.is_null() && unsafe { open_block(sl, usable) } {
                 // SAFETY: as above.
                 unsafe {
                     (*sl).kind = KIND_LARGE;
@@ -166,48 +166,40 @@ unsafe fn set_guards(
     }
 }
 
-/// Secure build: moves the tail guard of quarantined block `s` (guards up) to the end of a block
-/// of `usable` bytes at the same start, with one `mprotect` (none if the size is the same):
-/// the pages between the two ends become inaccessible (a shorter block) or accessible (a longer
-/// one). False, with `s` released, if the kernel refused: the caller maps a fresh span.
+/// Secure build: opens the pages of a block of `usable` bytes at quarantined block `s`'s start,
+/// in a span that is inaccessible all through (`quarantine::put`), with one `mprotect`: what is
+/// left before and after it are the block's guards. False, with `s` released, if the kernel
+/// refused: the caller maps a fresh span.
 ///
 /// # Safety
 /// `s` is a quarantined descriptor the caller took from the quarantine; `usable` is whole OS
 /// pages and leaves at least one OS page of the span after the block (`quarantine::take`).
 #[cfg(feature = "secure")]
-unsafe fn move_tail_guard(s: *mut Slab, usable: usize) -> bool {
-    // SAFETY: the block and both ends lie in the span (the contract); nobody uses the span.
+unsafe fn open_block(s: *mut Slab, usable: usize) -> bool {
+    // SAFETY: the block lies in the span (the contract), which nobody uses.
     unsafe {
-        let old = (*s).block_size as usize;
-        let start = (*s).start;
-        let moved = match usable.cmp(&old) {
-            core::cmp::Ordering::Equal => true,
-            core::cmp::Ordering::Less => os::protect(start.add(usable), old - usable, true),
-            core::cmp::Ordering::Greater => os::protect(start.add(old), usable - old, false),
-        };
-        if moved {
+        let opened = os::protect((*s).start, usable, false);
+        if opened {
             (*s).block_size = usable as u32;
         } else {
             super::quarantine::release(s);
         }
-        moved
+        opened
     }
 }
 
-/// Secure build: lifts the guards of a large block; false if the kernel refused (the span must
-/// then never be handed out again).
+/// Secure build: makes the whole span of large block `s` accessible again (its guards, and its
+/// block if the quarantine closed it); false if the kernel refused (the span must then never be
+/// handed out again).
 ///
 /// # Safety
 /// `s` describes a large block that nobody uses any more.
 #[cfg(feature = "secure")]
-pub(super) unsafe fn lift_guards(s: *const Slab) -> bool {
-    // SAFETY: the guards of the block fill its span around it (set_guards), which nobody uses.
+pub(super) unsafe fn lift_span(s: *const Slab) -> bool {
+    // SAFETY: the span is the block's (set_guards), and nobody uses it.
     unsafe {
         let (span_start, span_len) = span_of(s);
-        let start = (*s).start;
-        let end = start.add((*s).block_size as usize);
-        let after = os::protect(end, span_start as usize + span_len - end as usize, false);
-        os::protect(span_start, start as usize - span_start as usize, false) && after
+        os::protect(span_start, span_len, false)
     }
 }
 

@@ -1,26 +1,28 @@
-//! Secure build: freed large blocks wait in a quarantine, their guard pages up, before their
-//! spans go back to the back end (issue 11).
+//! Secure build: freed large blocks wait in a quarantine, their spans inaccessible all through,
+//! before they go back to the back end (issue 11).
 //!
 //! ```text
-//! free_large  ─► put(s): kind = QUARANTINED; the oldest entries out while full (guards lifted,
-//!                span back to the back end, after the lock)
+//! free_large  ─► put(s): the block's pages closed (its guards already are: one mprotect, so
+//!                the whole span faults); kind = QUARANTINED; the oldest entries out while full
+//!                (the span opened again and given back to the back end, after the lock)
 //! alloc_large ─► take(pages, usable, align): an entry of as many pages whose block start suits
-//!                the alignment, with AGE younger ones behind it, guards still up; the same block
-//!                size first (no mprotect), else one whose tail guard moves (one mprotect)
+//!                the alignment, with AGE younger ones behind it; the new block's pages opened
+//!                (one mprotect), what is left before and after it its guards
 //! maintenance ─► expire: entries older than the decay time out (all of them at `trim`)
 //! ```
 //!
-//! Two things come of it. A stale pointer to a waiting block frees nothing: its descriptor is
+//! Three things come of it. A stale pointer to a waiting block frees nothing: its descriptor is
 //! not a live block, so `free` refuses it (a double free of a large block is caught while the
 //! span waits, from any thread, instead of freeing whatever the span became: a slab of another
-//! thread, say). And a large allocation that fits a span freed before takes it with its guards
-//! where they are, or with the tail guard moved to its own end, where setting and lifting a
-//! fresh block's two guards costs four `mprotect` calls. The quarantine holds at most [`SLOTS`]
-//! blocks and [`BYTES`] bytes; a larger block skips it. Sized on `mstress` (2 threads, 14 483
-//! large blocks, `strace -c -f`): 16 slots and 8 MiB made 41 724 `mprotect` calls, 128 and
-//! 16 MiB 18 651 (peak RSS 72 → 76–81 MiB), 256 and 32 MiB 6 233 (88 MiB).
+//! thread, say). A write after free into a waiting block faults at once, and the SIGSEGV
+//! reporter names it. And a large allocation that fits a span freed before takes it with one
+//! `mprotect` (its pages opened), where setting and lifting a fresh block's two guards costs
+//! four. The quarantine holds at most [`SLOTS`] blocks and [`BYTES`] bytes; a larger block skips
+//! it. Sized on `mstress` (2 threads, 14 483 large blocks, `strace -c -f`, before the blocks'
+//! pages were closed too): 16 slots and 8 MiB made 41 724 `mprotect` calls, 128 and 16 MiB
+//! 18 651 (peak RSS 72 → 76–81 MiB), 256 and 32 MiB 6 233 (88 MiB).
 
-use super::large::{lift_guards, span_of};
+use super::large::{lift_span, span_of};
 use crate::backend::decay::DECAY_MS;
 use crate::backend::segment::PAGE_SIZE;
 use crate::objects::slab::{free_slab_span, Slab, KIND_LARGE, KIND_QUARANTINED};
@@ -83,7 +85,10 @@ pub(super) unsafe fn put(s: *mut Slab) {
     // SAFETY: s is ours alone (the contract) until it is in the ring, then the ring's.
     unsafe {
         let bytes = span_bytes(s);
-        if bytes > BYTES {
+        // The block's pages close too, so that the whole span is inaccessible while it waits:
+        // a write (or read) after free of the block faults at once. A span that cannot wait
+        // (too large, or the kernel refused) goes back now.
+        if bytes > BYTES || !os::protect((*s).start, (*s).block_size as usize, true) {
             release(s);
             return;
         }
@@ -129,9 +134,9 @@ pub(super) unsafe fn put(s: *mut Slab) {
 
 /// A waiting span of `npages` pages that can hold a block of `usable` bytes aligned to `align`
 /// at its block's start (aligned so, with at least one OS page of the span after the new end),
-/// with at least [`AGE`] younger ones behind it: one of the same block size if there is one (its
-/// guards stay where they are), else the oldest. Its descriptor is the caller's (still
-/// `KIND_QUARANTINED`, guards up, `block_size` the old block's). Null when there is none.
+/// with at least [`AGE`] younger ones behind it, the oldest such. Its descriptor is the caller's
+/// (still `KIND_QUARANTINED`, the whole span inaccessible, `block_size` the old block's). Null
+/// when there is none.
 pub(super) fn take(npages: usize, usable: usize, align: usize) -> *mut Slab {
     let page = os::page_size();
     let mut r = RING.lock();
@@ -150,12 +155,10 @@ pub(super) fn take(npages: usize, usable: usize, align: usize) -> *mut Slab {
                 && start + usable + page <= span_start as usize + span_len
         }
     };
-    // An exact fit first (no mprotect), else the oldest fitting one.
-    let found = (0..SLOTS).filter(|&i| fits(r.e[i])).min_by_key(|&i| {
-        // SAFETY: as above.
-        let other_size = unsafe { (*r.e[i].s).block_size as usize != usable };
-        (other_size, r.e[i].seq)
-    });
+    // The oldest fitting one.
+    let found = (0..SLOTS)
+        .filter(|&i| fits(r.e[i]))
+        .min_by_key(|&i| r.e[i].seq);
     let s = match found {
         Some(i) => {
             let s = r.e[i].s;
@@ -203,7 +206,7 @@ pub(super) unsafe fn release(s: *mut Slab) {
     // SAFETY: per the contract.
     unsafe {
         (*s).kind = KIND_LARGE;
-        if lift_guards(s) {
+        if lift_span(s) {
             free_slab_span(s);
         } else {
             (*s).mark_free();

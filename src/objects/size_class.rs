@@ -121,7 +121,7 @@ pub static SIZES: [u32; NCLASSES] = build_sizes();
 /// direct computation", 2019): for an offset `n < 2^32`, the high word of `n * c` is `n / size`
 /// (the index of a block in a slab, [`index_in_class`], without a division), and `n` is a
 /// multiple of the size exactly when the low word is below `c` (the secure build's block-start
-/// check, [`is_multiple_of_class`]).
+/// check, `is_multiple_of_class`).
 pub static DIVISIBILITY: [u64; NCLASSES] = build_divisibility();
 
 const fn build_divisibility() -> [u64; NCLASSES] {

@@ -450,7 +450,7 @@ mod guard_faults {
                 super::fatal_at(
                     b"guard page hit at",
                     addr,
-                    b" (an overflow or underflow of a large or huge block, or an access past a segment's end)",
+                    b" (an overflow or underflow of a large or huge block, a use of a freed large block, or an access past a segment's end)",
                 );
             }
         }
