@@ -176,19 +176,21 @@ fn bug(mode: &str) -> Option<String> {
     Some(report)
 }
 
-/// The `definitely lost` loss records as (bytes per block, blocks): `224 bytes in 2 blocks are
-/// definitely lost in loss record 1 of 3` → (112, 2); each checked to come from `leak_one`.
-fn definitely_lost(report: &str) -> Vec<(u64, u64)> {
+/// The loss records of `kind` (`"definitely"` or `"possibly"`) as (bytes per block, blocks):
+/// `224 bytes in 2 blocks are definitely lost in loss record 1 of 3` → (112, 2); each checked to
+/// come from `leak_one`.
+fn lost(report: &str, kind: &str) -> Vec<(u64, u64)> {
     let mut records = Vec::new();
     let lines: Vec<&str> = report.lines().collect();
+    let phrase = format!("are {kind} lost in loss record");
     for (i, line) in lines.iter().enumerate() {
-        if !line.contains("are definitely lost in loss record") {
+        if !line.contains(&phrase) {
             continue;
         }
         let stack = lines[i + 1..(i + 8).min(lines.len())].join("\n");
         assert!(
             stack.contains("leak_one (valgrind_bugs.c"),
-            "a definitely lost block not leaked by the program:\n{line}\n{stack}\n---\n{report}"
+            "a {kind} lost block not leaked by the program:\n{line}\n{stack}\n---\n{report}"
         );
         // "==PID==    224 bytes in 2 blocks ...": the figure after the PID prefix.
         let body = line.splitn(3, "==").nth(2).unwrap_or(line);
@@ -203,7 +205,12 @@ fn definitely_lost(report: &str) -> Vec<(u64, u64)> {
 #[test]
 fn memcheck_reports_leaked_small_large_and_huge_blocks_as_definitely_lost() {
     let Some(report) = bug("leak") else { return };
-    let records = definitely_lost(&report);
+    let records = lost(&report, "definitely");
+    // A leaked block memcheck finds an interior pointer to is "possibly lost": still a leak it
+    // reports (an error too), of a block the program leaked. Seen for one 3 MiB block in about
+    // one run in three, on the library of before 2026-12-03's changes as well; where the
+    // interior pointer sits (a stale word of the program's or ours) is not known.
+    let possibly = lost(&report, "possibly");
     // The program leaks 3 small (112-byte class), 2 large and 2 huge blocks; memcheck sees them
     // at their usable sizes.
     let count = |kind: &dyn Fn(u64) -> bool| -> u64 {
@@ -220,9 +227,24 @@ fn memcheck_reports_leaked_small_large_and_huge_blocks_as_definitely_lost() {
         small >= 1 && large >= 1 && huge >= 1,
         "definitely lost: {small} small, {large} large, {huge} huge ({records:?}):\n{report}"
     );
+    let all = |n: u64| n == 112 || n >= 100 << 10;
     assert!(
-        small <= 3 && large <= 2 && huge <= 2,
-        "more lost than leaked: {records:?}"
+        possibly.iter().all(|&(size, _)| all(size)),
+        "a possibly lost block of another size: {possibly:?}"
+    );
+    let found = |kind: &dyn Fn(u64) -> bool| -> u64 {
+        records
+            .iter()
+            .chain(&possibly)
+            .filter(|(size, _)| kind(*size))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert!(
+        found(&|n| n == 112) <= 3
+            && found(&|n| (100 << 10..=2 << 20).contains(&n)) <= 2
+            && found(&|n| n >= 3 << 20) <= 2,
+        "more lost than leaked: {records:?}, possibly {possibly:?}"
     );
     assert_eq!(
         count(&|_| true),
@@ -230,10 +252,11 @@ fn memcheck_reports_leaked_small_large_and_huge_blocks_as_definitely_lost() {
         "a lost block of another size: {records:?}"
     );
     assert!(!report.contains("Invalid "), "an access error:\n{report}");
-    // With --leak-check=full each definitely lost record is an error; nothing else is.
+    // With --leak-check=full each definitely or possibly lost record is an error; nothing else
+    // is.
     assert_eq!(
         figure(&report, "ERROR SUMMARY:"),
-        records.len() as u64,
+        (records.len() + possibly.len()) as u64,
         "errors other than the leaks:\n{report}"
     );
 }
