@@ -183,6 +183,23 @@ fn protection_at(addr: usize) -> String {
     panic!("{addr:#x} is in no mapping");
 }
 
+/// Asserts that live large block `p` of `size` bytes asked has whole OS pages, all accessible,
+/// between two inaccessible guards.
+#[cfg(feature = "secure")]
+fn assert_guarded(p: *mut u8, size: usize) {
+    let page = 4096;
+    // SAFETY: p is a live block of ours.
+    let usable = unsafe { scopealloc::usable_size(p) };
+    assert!(usable >= size && usable - size < page, "whole OS pages");
+    let (start, end) = (p as usize, p as usize + usable);
+    assert_eq!(protection_at(start - 1), "---p", "guard before the block");
+    assert_eq!(protection_at(end), "---p", "guard after the block");
+    assert!(
+        protection_at(end - 1).starts_with("rw"),
+        "the block's last page"
+    );
+}
+
 /// A quarantined block is inaccessible while it waits (a write after free faults), and its span
 /// is handed out again for a block of another size that fits in it, with the new block's pages
 /// opened (one `mprotect`, where a fresh span costs four): a shorter block gets a guard right
@@ -192,24 +209,12 @@ fn protection_at(addr: usize) -> String {
 fn secure_rust_a_quarantined_span_is_closed_and_serves_another_size() {
     use std::alloc::{GlobalAlloc, Layout};
     let _one_at_a_time = QUARANTINE.lock().unwrap_or_else(|e| e.into_inner());
-    let page = 4096;
     // Both fit a span of four 64 KiB pages with a guard page before and after.
     let long = Layout::from_size_align(240 << 10, 8).unwrap();
     let short = Layout::from_size_align(190 << 10, 8).unwrap();
-    let guarded = |p: *mut u8, size: usize| {
-        // SAFETY: p is a live block of ours.
-        let usable = unsafe { scopealloc::usable_size(p) };
-        assert!(usable >= size && usable - size < page, "whole OS pages");
-        let (start, end) = (p as usize, p as usize + usable);
-        assert_eq!(protection_at(start - 1), "---p", "guard before the block");
-        assert_eq!(protection_at(end), "---p", "guard after the block");
-        assert!(
-            protection_at(end - 1).starts_with("rw"),
-            "the block's last page"
-        );
-    };
-    scopealloc::trim(); // an empty quarantine
-                        // SAFETY: non-zero layouts; every block is written within its size and freed once.
+    // An empty quarantine.
+    scopealloc::trim();
+    // SAFETY: non-zero layouts; every block is written within its size and freed once.
     unsafe {
         let first = GLOBAL.alloc(long);
         first.write_bytes(0x11, long.size());
@@ -222,12 +227,12 @@ fn secure_rust_a_quarantined_span_is_closed_and_serves_another_size() {
         age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap()); // other spans: 10 pages
         let shorter = GLOBAL.alloc(short);
         assert_eq!(shorter, first, "the span serves a shorter block");
-        guarded(shorter, short.size());
+        assert_guarded(shorter, short.size());
         shorter.write_bytes(0x22, short.size());
         GLOBAL.dealloc(shorter, short);
         age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap());
         let longer = reused_zeroed(long, first, "and a longer one again");
-        guarded(longer, long.size());
+        assert_guarded(longer, long.size());
         longer.write_bytes(0x33, long.size());
         GLOBAL.dealloc(longer, long);
     }
@@ -304,9 +309,7 @@ fn secure_rust_a_refused_reopening_refuses_cleanly() {
             p, first,
             "a span whose guards stayed up is never handed out again"
         );
-        let end = p as usize + scopealloc::usable_size(p);
-        assert_eq!(protection_at(p as usize - 1), "---p");
-        assert_eq!(protection_at(end), "---p");
+        assert_guarded(p, short.size());
         p.write_bytes(0x44, short.size());
         assert_eq!(scope.stats().objects, 1);
         GLOBAL.dealloc(p, short);

@@ -213,43 +213,34 @@ fn memcheck_reports_leaked_small_large_and_huge_blocks_as_definitely_lost() {
     let possibly = lost(&report, "possibly");
     // The program leaks 3 small (112-byte class), 2 large and 2 huge blocks; memcheck sees them
     // at their usable sizes.
-    let count = |kind: &dyn Fn(u64) -> bool| -> u64 {
-        records
-            .iter()
+    let small = |n: u64| n == 112;
+    let large = |n: u64| (100 << 10..=2 << 20).contains(&n);
+    let huge = |n: u64| n >= 3 << 20;
+    let count = |recs: &[(u64, u64)], kind: &dyn Fn(u64) -> bool| -> u64 {
+        recs.iter()
             .filter(|(size, _)| kind(*size))
             .map(|(_, n)| n)
             .sum()
     };
-    let small = count(&|n| n == 112);
-    let large = count(&|n| (100 << 10..=2 << 20).contains(&n));
-    let huge = count(&|n| n >= 3 << 20);
-    assert!(
-        small >= 1 && large >= 1 && huge >= 1,
-        "definitely lost: {small} small, {large} large, {huge} huge ({records:?}):\n{report}"
+    let (s, l, h) = (
+        count(&records, &small),
+        count(&records, &large),
+        count(&records, &huge),
     );
-    let all = |n: u64| n == 112 || n >= 100 << 10;
     assert!(
-        possibly.iter().all(|&(size, _)| all(size)),
-        "a possibly lost block of another size: {possibly:?}"
+        s >= 1 && l >= 1 && h >= 1,
+        "definitely lost: {s} small, {l} large, {h} huge ({records:?}):\n{report}"
     );
-    let found = |kind: &dyn Fn(u64) -> bool| -> u64 {
-        records
-            .iter()
-            .chain(&possibly)
-            .filter(|(size, _)| kind(*size))
-            .map(|(_, n)| n)
-            .sum()
-    };
-    assert!(
-        found(&|n| n == 112) <= 3
-            && found(&|n| (100 << 10..=2 << 20).contains(&n)) <= 2
-            && found(&|n| n >= 3 << 20) <= 2,
-        "more lost than leaked: {records:?}, possibly {possibly:?}"
-    );
+    // Definitely and possibly lost together: every block of a leaked size, none beyond them.
+    let both: Vec<(u64, u64)> = records.iter().chain(&possibly).copied().collect();
     assert_eq!(
-        count(&|_| true),
-        small + large + huge,
-        "a lost block of another size: {records:?}"
+        count(&both, &|_| true),
+        count(&both, &|n| small(n) || large(n) || huge(n)),
+        "a lost block of another size: {records:?}, possibly {possibly:?}"
+    );
+    assert!(
+        count(&both, &small) <= 3 && count(&both, &large) <= 2 && count(&both, &huge) <= 2,
+        "more lost than leaked: {records:?}, possibly {possibly:?}"
     );
     assert!(!report.contains("Invalid "), "an access error:\n{report}");
     // With --leak-check=full each definitely or possibly lost record is an error; nothing else

@@ -35,24 +35,26 @@ static const char *object_of(void *pc) {
     return "?";
 }
 
+#if defined(__x86_64__)
 /* /proc/self/maps, read once in the handler (open and read are async-signal-safe). */
 static char maps[1 << 17];
+
+/* The hexadecimal number at *c, up to `stop`; *c is left on `stop` (or the string's end). */
+static uintptr_t hex(const char **c, char stop) {
+    uintptr_t v = 0;
+    for (; **c && **c != stop; (*c)++)
+        v = v * 16 + (uintptr_t)(**c <= '9' ? **c - '0' : (**c | 32) - 'a' + 10);
+    return v;
+}
 
 /* Whether `a` lies in an executable mapping of a file. */
 static int in_code(uintptr_t a) {
     for (const char *l = maps; *l;) {
         const char *end = strchr(l, '\n');
-        uintptr_t lo = 0, hi = 0;
         const char *c = l;
-        while (*c && *c != '-') {
-            lo = lo * 16 + (uintptr_t)(*c <= '9' ? *c - '0' : (*c | 32) - 'a' + 10);
-            c++;
-        }
+        uintptr_t lo = hex(&c, '-');
         if (*c == '-') c++;
-        while (*c && *c != ' ') {
-            hi = hi * 16 + (uintptr_t)(*c <= '9' ? *c - '0' : (*c | 32) - 'a' + 10);
-            c++;
-        }
+        uintptr_t hi = hex(&c, ' ');
         /* " r-xp offset dev inode   path": executable, and a path after the inode. */
         if (a >= lo && a < hi && c[1] && c[3] == 'x' && (end ? memchr(c, '/', end - c) : strchr(c, '/')))
             return 1;
@@ -62,7 +64,6 @@ static int in_code(uintptr_t a) {
     return 0;
 }
 
-#if defined(__x86_64__)
 /* The first word from `sp` up (64 at most) that points into code: the nearest return address. */
 static void *caller_on_stack(void **sp) {
     int fd = open("/proc/self/maps", O_RDONLY);
