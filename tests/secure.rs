@@ -318,6 +318,54 @@ fn secure_rust_a_refused_reopening_refuses_cleanly() {
     scopealloc::trim();
 }
 
+/// Regression: the canary pad was one byte, so an overflow whose first byte happened to equal it
+/// (one random byte in 128) and that stopped short of the trailer went unseen: the bug suite's
+/// `overflow-32-memcpy-4k` was missed now and then. Here each overflow writes the pad's own first
+/// byte at `n` and changes the bytes after it, up to `len` bytes (never reaching the trailer);
+/// the free must abort naming the block. The child process does the overflow (it aborts); the
+/// parent checks how it ended.
+#[cfg(feature = "secure")]
+#[test]
+fn secure_rust_an_overflow_that_begins_with_the_pad_byte_is_caught() {
+    use std::alloc::{GlobalAlloc, Layout};
+    const NAME: &str = "secure_rust_an_overflow_that_begins_with_the_pad_byte_is_caught";
+    if let Some(mode) = std::env::var_os("SCOPEALLOC_TEST_OVERFLOW") {
+        let mode = mode.into_string().unwrap();
+        let (n, len) = mode.split_once(',').unwrap();
+        let (n, len): (usize, usize) = (n.parse().unwrap(), len.parse().unwrap());
+        let l = Layout::from_size_align(n, 8).unwrap();
+        // SAFETY: a non-zero layout; the bytes written past `n` lie inside the block (before its
+        // trailer, by the choice of sizes below): a deliberate overflow, which the free must see.
+        unsafe {
+            let p = GLOBAL.alloc(l);
+            assert!(!p.is_null());
+            for i in 1..len {
+                let b = p.add(n + i);
+                b.write(b.read() ^ 0x5a);
+            }
+            GLOBAL.dealloc(p, l);
+        }
+        println!("missed");
+        return;
+    }
+    // (asked, bytes overflowed): 32 bytes into the slack of 4 KiB, 1000 B and 300 B blocks; 3 and
+    // 7 bytes where the slack before the trailer is that long (a 128 B and a 64 B block).
+    for (n, len) in [(4096, 32), (1000, 32), (300, 32), (117, 3), (49, 7)] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+            .env("SCOPEALLOC_TEST_OVERFLOW", format!("{n},{len}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("was overwritten"),
+            "a {len}-byte overflow of a {n} B block that begins with the pad byte: {}\n{}\n{stderr}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 /// Seconds before a run counts as hung.
 const TIMEOUT: &str = "20";
 
