@@ -12,7 +12,7 @@
 //! on stderr and aborts; with `SCOPEALLOC_CHECK=1` a double free does too, new objects are
 //! filled with junk and freed ones poisoned.
 
-use crate::options::{CHECK, MALLOC_FAST_MAX};
+use crate::options::{CHECK, FREE_FAST_LIMIT, MALLOC_FAST_MAX};
 use crate::out::{errno, fatal_pointer, set_errno};
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
@@ -108,13 +108,14 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     // One comparison: the threshold is raw::MALLOC_SMALL_MAX, or 0 in check mode (which junks).
     if size <= MALLOC_FAST_MAX.load(Ordering::Relaxed) {
         // SAFETY: size <= MALLOC_FAST_MAX <= raw::MALLOC_SMALL_MAX.
-        let p = unsafe { raw::malloc_small(size) };
-        if p.is_null() {
-            return out_of_memory();
-        }
-        return p.cast();
+        return unsafe { raw::malloc_small(size, refused_malloc) }.cast();
     }
     malloc_general(size)
+}
+
+/// A small malloc refused (out of memory or over a limit): errno, null.
+fn refused_malloc() -> *mut u8 {
+    out_of_memory().cast()
 }
 
 /// `malloc` past the fast path: large requests, and every request in check mode.
@@ -133,14 +134,31 @@ fn malloc_general(size: usize) -> *mut c_void {
 /// `p` is `NULL` or a live pointer returned by this allocator.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    let p = p.cast::<u8>();
+    // One comparison: the limit is raw::UNTRUSTED_LIMIT, or 0 in check mode, which sends every
+    // pointer to free_refused (null too: it wraps to the top).
+    // SAFETY: if p is in a block of ours, that block is live (the contract), and free_refused's
+    // contract is free's.
+    unsafe {
+        raw::free_untrusted_or(
+            p.cast(),
+            FREE_FAST_LIMIT.load(Ordering::Relaxed),
+            free_refused,
+        )
+    }
+}
+
+/// `free` of a pointer its fast path refused: every pointer in check mode; otherwise null (a
+/// no-op) or a pointer not ours (one line, abort).
+///
+/// # Safety
+/// As [`free`].
+#[cold]
+unsafe fn free_refused(p: *mut u8) {
     if CHECK.load(Ordering::Relaxed) {
         // SAFETY: the caller's contract is free's.
         return unsafe { free_checked(p) };
     }
-    // SAFETY: if p is in a block of ours, that block is live (the contract). Null is a no-op
-    // (raw::free_untrusted tells it from a foreign pointer only after the registry refused it).
-    if !unsafe { raw::free_untrusted(p) } {
+    if !p.is_null() {
         not_ours(b"free", p);
     }
 }

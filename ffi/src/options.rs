@@ -20,6 +20,9 @@ pub static CHECK: AtomicBool = AtomicBool::new(false);
 /// Largest request `malloc` serves by its fast path (`raw::malloc_small`): 0 in check mode, so
 /// that one comparison stands for both the size test and the mode test.
 pub static MALLOC_FAST_MAX: AtomicUsize = AtomicUsize::new(scopealloc::raw::MALLOC_SMALL_MAX);
+/// The limit `free` passes to `raw::free_untrusted_or`: `raw::UNTRUSTED_LIMIT`, or 0 in check
+/// mode, so that one comparison stands for the registry's bound, null and the mode test.
+pub static FREE_FAST_LIMIT: AtomicUsize = AtomicUsize::new(scopealloc::raw::UNTRUSTED_LIMIT);
 
 /// Turns check mode on or off (`SCOPEALLOC_CHECK`), with the fast path's threshold.
 fn set_check(on: bool) {
@@ -30,6 +33,12 @@ fn set_check(on: bool) {
         scopealloc::raw::MALLOC_SMALL_MAX
     };
     MALLOC_FAST_MAX.store(fast_max, Ordering::Relaxed);
+    let free_limit = if on {
+        0
+    } else {
+        scopealloc::raw::UNTRUSTED_LIMIT
+    };
+    FREE_FAST_LIMIT.store(free_limit, Ordering::Relaxed);
 }
 
 /// `SCOPEALLOC_STATS=1|text|json|prometheus`: print the report at exit.

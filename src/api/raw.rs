@@ -78,7 +78,9 @@ pub const MALLOC_SMALL_MAX: usize = C_LOOKUP_MAX - canary::TRAILER;
 
 /// [`malloc`] of a small request: the C library's fast path, which compares the size with a
 /// threshold it loads (`MALLOC_SMALL_MAX`, or 0 in its check mode) and so skips the size tests of
-/// [`malloc`].
+/// [`malloc`]. When out of memory or over a limit, the result of `failed()`, called from the
+/// slow path (the C library's sets `errno` and returns null), so that the fast path needs no
+/// stack frame of its own.
 ///
 /// ```
 /// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
@@ -86,7 +88,7 @@ pub const MALLOC_SMALL_MAX: usize = C_LOOKUP_MAX - canary::TRAILER;
 /// // SAFETY: the sizes are at most MALLOC_SMALL_MAX; each block is freed once.
 /// unsafe {
 ///     for n in [0, 1, 16, 17, raw::MALLOC_SMALL_MAX] {
-///         let p = raw::malloc_small(n);
+///         let p = raw::malloc_small(n, core::ptr::null_mut);
 ///         assert!(!p.is_null() && p as usize % 16 == 0 && raw::usable_size(p) >= n.max(1));
 ///         raw::free(p);
 ///     }
@@ -96,20 +98,24 @@ pub const MALLOC_SMALL_MAX: usize = C_LOOKUP_MAX - canary::TRAILER;
 /// # Safety
 /// `size <= MALLOC_SMALL_MAX`.
 #[inline(always)]
-pub unsafe fn malloc_small(size: usize) -> *mut u8 {
+pub unsafe fn malloc_small(size: usize, failed: fn() -> *mut u8) -> *mut u8 {
     #[cfg(not(feature = "secure"))]
     // SAFETY: size <= C_LOOKUP_MAX (the contract), and the class found is < NCLASSES.
     unsafe {
-        alloc::alloc_small(c_class_of_unchecked(size))
+        alloc::alloc_small_or(c_class_of_unchecked(size), failed)
     }
     #[cfg(feature = "secure")]
     // SAFETY: size + TRAILER <= C_LOOKUP_MAX (the contract), and so is MIN_BLOCK; the class
     // found is < NCLASSES.
     unsafe {
-        armed(
+        let p = armed(
             c_class_of_unchecked((size + canary::TRAILER).max(canary::MIN_BLOCK)),
             size,
-        )
+        );
+        if p.is_null() {
+            return failed();
+        }
+        p
     }
 }
 
@@ -205,6 +211,47 @@ pub unsafe fn free_untrusted(ptr: *mut u8) -> bool {
     // holds it); null is looked at only then, off the path of a pointer of ours.
     let freed = unsafe { free::free_untrusted(ptr) };
     freed || ptr.is_null()
+}
+
+/// The limit to pass to [`free_untrusted_or`] for its ordinary work: every segment of ours lies
+/// below it.
+pub const UNTRUSTED_LIMIT: usize = crate::backend::registry::LIMIT;
+
+/// [`free_untrusted`] for the C library's `free`, whose fast path keeps no stack frame: instead
+/// of answering false, calls `refused(ptr)` (in tail position) for a pointer not in a block of
+/// ours, null included, and for every pointer when `limit` is 0, so that one comparison stands
+/// for the registry's bound, null and the C library's check mode (which `refused` serves).
+/// `limit` is [`UNTRUSTED_LIMIT`] or 0.
+///
+/// ```
+/// # #[global_allocator] static G: scopealloc::ScopeAlloc = scopealloc::ScopeAlloc::new();
+/// use scopealloc::raw;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// static REFUSED: AtomicUsize = AtomicUsize::new(0);
+/// unsafe fn refused(_: *mut u8) {
+///     REFUSED.fetch_add(1, Ordering::Relaxed);
+/// }
+/// let on_stack = 0u64;
+/// // SAFETY: foreign pointers and null are refused without being freed; p is freed once (the
+/// // call with limit 0 refuses it without freeing it).
+/// unsafe {
+///     raw::free_untrusted_or(core::ptr::null_mut(), raw::UNTRUSTED_LIMIT, refused);
+///     raw::free_untrusted_or(&on_stack as *const u64 as *mut u8, raw::UNTRUSTED_LIMIT, refused);
+///     let p = raw::malloc(64);
+///     raw::free_untrusted_or(p, 0, refused);
+///     assert_eq!(REFUSED.load(Ordering::Relaxed), 3);
+///     raw::free_untrusted_or(p, raw::UNTRUSTED_LIMIT, refused);
+///     assert_eq!(REFUSED.load(Ordering::Relaxed), 3, "freed");
+/// }
+/// ```
+///
+/// # Safety
+/// If `ptr` is in a block of ours, that block is live; `limit <= UNTRUSTED_LIMIT`; `refused`'s
+/// contract is the caller's.
+#[inline(always)]
+pub unsafe fn free_untrusted_or(ptr: *mut u8, limit: usize, refused: unsafe fn(*mut u8)) {
+    // SAFETY: the contract.
+    unsafe { free::free_untrusted_or(ptr, limit, refused) }
 }
 
 /// `realloc` (null → malloc). Size 0 is not special here.

@@ -26,10 +26,26 @@ pub fn set(seg: *mut Segment, on: bool) {
     }
 }
 
+/// The addresses the registry covers: every segment of ours starts below.
+pub const LIMIT: usize = (REGISTRY_WORDS * 64) << SEGMENT_SHIFT;
+
 /// Whether a segment of ours starts at `seg` (a 4 MiB-aligned address).
+#[inline(always)]
 pub fn contains(seg: *const Segment) -> bool {
+    // SAFETY: the bound is checked first.
+    (seg as usize) < LIMIT && unsafe { contains_below(seg) }
+}
+
+/// [`contains`] for a `seg` the caller has compared with [`LIMIT`] (the C library's `free` does
+/// it with the same comparison as its check-mode test).
+///
+/// # Safety
+/// `seg < LIMIT`.
+#[inline(always)]
+pub unsafe fn contains_below(seg: *const Segment) -> bool {
+    debug_assert!((seg as usize) < LIMIT);
     let idx = seg as usize >> SEGMENT_SHIFT;
-    idx / 64 < REGISTRY_WORDS
-        // Acquire pairs with the Release of `set`: a segment seen here has its header written.
-        && REGISTRY[idx / 64].load(Ordering::Acquire) & (1u64 << (idx % 64)) != 0
+    // SAFETY: seg < LIMIT (the contract), so idx / 64 < REGISTRY_WORDS. Acquire pairs with the
+    // Release of `set`: a segment seen here has its header written.
+    unsafe { REGISTRY.get_unchecked(idx / 64).load(Ordering::Acquire) & (1u64 << (idx % 64)) != 0 }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! alloc_small(class)
 //!   t = TLS.table; s = t.arrays.current[class]; b = s.free
-//!   b == null or t.stock.avail < size ──► refill::alloc_slow(class)   (cold)
+//!   b == null or t.stock.avail < size ──► refill::alloc_slow(class)   (cold; the C library's
+//!                                          malloc: alloc_slow_or, which sets errno)
 //!   pop: s.free = b.next; allocs += 1; used += 1; t.stock.avail -= size
 //! ```
 
@@ -14,6 +15,7 @@ use crate::objects::size_class::{NCLASSES, SIZES};
 use crate::objects::slab::{Block, Slab};
 use crate::platform::{cpu, valgrind};
 use crate::sync::Ordering;
+use core::ptr::null_mut;
 
 // ---------------------------------------------------------------------------------------------
 // Allocation.
@@ -24,6 +26,48 @@ use crate::sync::Ordering;
 /// `class < NCLASSES` (the tables are indexed without a bounds check).
 #[inline(always)]
 pub unsafe fn alloc_small(class: usize) -> *mut u8 {
+    // SAFETY: the contract.
+    let p = unsafe { alloc_fast(class) };
+    if p.is_null() {
+        return alloc_slow(class);
+    }
+    p
+}
+
+/// [`alloc_small`] for the C library's `malloc`, which keeps no stack frame on its fast path:
+/// when out of memory or over a limit, the result of `failed()` (which sets `errno`), called
+/// from the slow path.
+///
+/// # Safety
+/// As [`alloc_small`].
+#[cfg(not(feature = "secure"))]
+#[inline(always)]
+pub unsafe fn alloc_small_or(class: usize, failed: fn() -> *mut u8) -> *mut u8 {
+    // SAFETY: the contract.
+    let p = unsafe { alloc_fast(class) };
+    if p.is_null() {
+        return alloc_slow_or(class, failed);
+    }
+    p
+}
+
+#[cfg(not(feature = "secure"))]
+#[cold]
+#[inline(never)]
+fn alloc_slow_or(class: usize, failed: fn() -> *mut u8) -> *mut u8 {
+    let p = alloc_slow(class);
+    if p.is_null() {
+        return failed();
+    }
+    p
+}
+
+/// The fast path of [`alloc_small`]: null when it must take the slow path.
+///
+/// # Safety
+/// As [`alloc_small`].
+#[inline(always)]
+unsafe fn alloc_fast(class: usize) -> *mut u8 {
     debug_assert!(class < NCLASSES);
     let t = tls_table();
     // SAFETY: class < NCLASSES (the contract) indexes both arrays in bounds; the TLS table is the
@@ -34,7 +78,7 @@ pub unsafe fn alloc_small(class: usize) -> *mut u8 {
         let b = (*s).free;
         let size = *SIZES.get_unchecked(class) as i64;
         if b.is_null() || (*t).stock.avail < size {
-            return alloc_slow(class);
+            return null_mut();
         }
         pop(t, s, b, size)
     }

@@ -78,8 +78,57 @@ pub unsafe fn free(p: *mut u8) {
 /// (its segment is not in the registry), so callers test for it only when this says false.
 #[inline(always)]
 pub unsafe fn free_untrusted(p: *mut u8) -> bool {
-    if !registry::contains(segment_of(p)) {
-        return false;
+    // SAFETY: the contract; registry::LIMIT is the registry's own bound.
+    match unsafe { free_untrusted_fast(p, registry::LIMIT) } {
+        Untrusted::Freed => true,
+        Untrusted::Refused => false,
+        // SAFETY: s is slab_of(p) in a segment of ours.
+        Untrusted::Slow(s) => unsafe { free_slow_untrusted(s, p) },
+    }
+}
+
+/// [`free_untrusted`] for the C library's `free`, which keeps no stack frame on its fast path:
+/// `refused(p)` is called, in tail position, for a pointer that is not in a block of ours, and
+/// for every pointer at or above `limit` (less one: null wraps to the top). `limit` is
+/// `registry::LIMIT`, or 0 to refuse every pointer (check mode, which `refused` then serves), so
+/// that one comparison stands for the registry's bound, null and the mode.
+///
+/// # Safety
+/// As [`free_untrusted`]; `limit <= registry::LIMIT`.
+#[inline(always)]
+pub unsafe fn free_untrusted_or(p: *mut u8, limit: usize, refused: unsafe fn(*mut u8)) {
+    // SAFETY: the contract.
+    match unsafe { free_untrusted_fast(p, limit) } {
+        Untrusted::Freed => {}
+        // SAFETY: refused's contract is the caller's.
+        Untrusted::Refused => unsafe { refused(p) },
+        // SAFETY: s is slab_of(p) in a segment of ours.
+        Untrusted::Slow(s) => unsafe { free_slow_untrusted_or(s, p, refused) },
+    }
+}
+
+/// What the fast half of an untrusted free did.
+enum Untrusted {
+    /// A local free: done.
+    Freed,
+    /// Not in a block of ours (or at or above the limit).
+    Refused,
+    /// In a segment of ours, not a local free: the slow path, with `slab_of(p)`.
+    Slow(*mut Slab),
+}
+
+/// The fast half of [`free_untrusted`]: a local free of a block of this thread, or the verdict.
+///
+/// # Safety
+/// As [`free_untrusted_or`].
+#[inline(always)]
+unsafe fn free_untrusted_fast(p: *mut u8, limit: usize) -> Untrusted {
+    debug_assert!(limit <= registry::LIMIT);
+    // Null's segment (p - 1 rounded down) is at the top of the address space: refused.
+    let seg = segment_of(p);
+    // SAFETY: seg < limit <= LIMIT, checked just before.
+    if seg as usize >= limit || !unsafe { registry::contains_below(seg) } {
+        return Untrusted::Refused;
     }
     // SAFETY: the registry says p's segment header is mapped and ours, so its descriptor is
     // readable; a local free happens only for a pointer within a live slab's blocks.
@@ -88,7 +137,7 @@ pub unsafe fn free_untrusted(p: *mut u8) -> bool {
         if owns_slab(s) {
             let off = (p as usize).wrapping_sub((*s).start as usize);
             if off >= (*s).blocks_bytes as usize {
-                return false;
+                return Untrusted::Refused;
             }
             #[cfg(feature = "secure")]
             {
@@ -99,15 +148,45 @@ pub unsafe fn free_untrusted(p: *mut u8) -> bool {
                 check_small_free(s, p, off);
             }
             free_local(s, p);
-            return true;
+            return Untrusted::Freed;
         }
-        free_slow_untrusted(s, p)
+        Untrusted::Slow(s)
     }
 }
 
+/// The slow half of [`free_untrusted_or`]: `refused(p)` if [`slow_half`] refuses `p`.
+///
+/// # Safety
+/// As [`slow_half`]; `refused`'s contract is the caller's.
+#[cold]
+#[inline(never)]
+unsafe fn free_slow_untrusted_or(s: *mut Slab, p: *mut u8, refused: unsafe fn(*mut u8)) {
+    // SAFETY: the contract.
+    unsafe {
+        if !slow_half(s, p) {
+            refused(p);
+        }
+    }
+}
+
+/// The slow half of [`free_untrusted`].
+///
+/// # Safety
+/// As [`slow_half`].
 #[cold]
 #[inline(never)]
 unsafe fn free_slow_untrusted(s: *mut Slab, p: *mut u8) -> bool {
+    // SAFETY: the contract.
+    unsafe { slow_half(s, p) }
+}
+
+/// The slow half of an untrusted free: `p` in a segment of ours, not a local free. False,
+/// changing nothing, if `p` is not in a live block.
+///
+/// # Safety
+/// `s` is `slab_of(p)`, `p` in a segment of ours; if `p` is in a block of ours, it is live.
+#[inline(always)]
+unsafe fn slow_half(s: *mut Slab, p: *mut u8) -> bool {
     // SAFETY: s is slab_of(p) in a segment of ours (caller); in_span says p is in a live block.
     unsafe {
         if !in_span(s, p, false) {
