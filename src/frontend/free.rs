@@ -223,9 +223,10 @@ fn not_handed_out(p: *mut u8) -> ! {
 #[cfg(feature = "secure")]
 #[inline(always)]
 unsafe fn check_small_free(s: *const Slab, p: *mut u8, off: usize) {
-    // SAFETY: s is a mapped small slab and p one of its blocks' bytes (the contract); once p is
-    // known to be a block's start, the block's bytes are readable (at least canary::MIN_BLOCK
-    // in this build), and it was handed out and armed unless it is free (tagged, refused first).
+    // SAFETY: s is a mapped small slab (its class below NCLASSES) and p one of its blocks' bytes
+    // (the contract); once p is known to be a block's start, the block's bytes are readable (at
+    // least canary::MIN_BLOCK in this build), and it was handed out and armed unless it is free
+    // (tagged, refused first).
     unsafe {
         // off < the slab's bytes (at most a few pages), so it fits the 32-bit check.
         if !crate::objects::size_class::is_multiple_of_class(off as u32, (*s).class as usize) {

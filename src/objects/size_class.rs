@@ -144,14 +144,32 @@ const fn build_divisibility() -> [u64; NCLASSES] {
 /// ```
 #[inline(always)]
 pub fn index_in_class(off: u32, class: usize) -> u32 {
-    ((DIVISIBILITY[class] as u128 * off as u128) >> 64) as u32
+    assert!(class < NCLASSES, "no size class {class}");
+    // SAFETY: class < NCLASSES, checked just before.
+    unsafe { index_in_class_unchecked(off, class) }
+}
+
+/// [`index_in_class`] without the bounds check, for the allocator's own paths (a slab's class),
+/// which must not have a panic on them.
+///
+/// # Safety
+/// `class < NCLASSES`.
+#[inline(always)]
+pub(crate) unsafe fn index_in_class_unchecked(off: u32, class: usize) -> u32 {
+    // SAFETY: class < NCLASSES (the contract).
+    let c = unsafe { *DIVISIBILITY.get_unchecked(class) };
+    ((c as u128 * off as u128) >> 64) as u32
 }
 
 /// Secure build: whether `off` (below 2^32) is a multiple of class `class`'s size.
+///
+/// # Safety
+/// `class < NCLASSES` (no bounds check: the free path has no panic on it).
 #[cfg(feature = "secure")]
 #[inline(always)]
-pub fn is_multiple_of_class(off: u32, class: usize) -> bool {
-    let c = DIVISIBILITY[class];
+pub(crate) unsafe fn is_multiple_of_class(off: u32, class: usize) -> bool {
+    // SAFETY: class < NCLASSES (the contract).
+    let c = unsafe { *DIVISIBILITY.get_unchecked(class) };
     (off as u64).wrapping_mul(c) < c
 }
 
@@ -211,7 +229,8 @@ mod tests {
             let size = class_size(c) as u32;
             for off in (0..1u32 << 18).step_by(8).chain([size - 1, size, size + 1]) {
                 assert_eq!(
-                    is_multiple_of_class(off, c),
+                    // SAFETY: c < NCLASSES.
+                    unsafe { is_multiple_of_class(off, c) },
                     off % size == 0,
                     "class {c} off {off}"
                 );

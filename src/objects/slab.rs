@@ -6,7 +6,7 @@ use crate::backend::segment::{desc_at, desc_of, segment_of, Desc, Segment, DESC_
 use crate::backend::{registry, span};
 use crate::objects::cache::Cache;
 use crate::objects::protocol::{self, SlabWords};
-use crate::objects::size_class::index_in_class;
+use crate::objects::size_class::index_in_class_unchecked;
 use crate::platform::valgrind;
 use crate::sync::remote::{self, Linked};
 use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -205,9 +205,9 @@ impl Slab {
 #[inline]
 pub unsafe fn origin_stub(s: *const Slab, p: *const u8) -> *mut Slab {
     // SAFETY: p is a block of s (the contract), so its index is below the capacity, and the
-    // origin array has one word per block.
+    // origin array has one word per block; a small slab's class is below NCLASSES.
     unsafe {
-        let i = index_in_class(
+        let i = index_in_class_unchecked(
             (p as usize - (*s).start as usize) as u32,
             (*s).class as usize,
         );
@@ -223,7 +223,7 @@ pub unsafe fn origin_stub(s: *const Slab, p: *const u8) -> *mut Slab {
 pub unsafe fn set_origin(s: *mut Slab, p: *const u8, stub: *mut Slab) {
     // SAFETY: as in origin_stub.
     unsafe {
-        let i = index_in_class(
+        let i = index_in_class_unchecked(
             (p as usize - (*s).start as usize) as u32,
             (*s).class as usize,
         );
