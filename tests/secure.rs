@@ -14,7 +14,7 @@
 #[path = "common/clib.rs"]
 mod clib;
 
-use clib::{cargo_in, check, root};
+use clib::{check, libraries, root};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -441,36 +441,6 @@ const CLEAN: &[&str] = &["usable-size-is-writable"];
 /// A mode the plain library does not catch and the secure one does: if the plain library caught
 /// it, Cargo would have built it with the `secure` feature too.
 const ONLY_SECURE: &str = "double-free-interleaved-64";
-
-/// libscopealloc.so and libscopealloc_secure.so, built by one cargo command (as
-/// `cargo build --release --workspace` does) unless given.
-fn libraries() -> (PathBuf, PathBuf) {
-    if let (Some(plain), Some(secure)) = (
-        std::env::var_os("SCOPEALLOC_SO"),
-        std::env::var_os("SCOPEALLOC_SECURE_SO"),
-    ) {
-        let (plain, secure) = (PathBuf::from(plain), PathBuf::from(secure));
-        assert!(plain.is_file() && secure.is_file(), "libraries not found");
-        return (plain, secure);
-    }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-build");
-    cargo_in(
-        &target,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "scopealloc-ffi",
-            "-p",
-            "scopealloc-ffi-secure",
-        ],
-    );
-    let dir = target.join("release");
-    (
-        dir.join("libscopealloc.so"),
-        dir.join("libscopealloc_secure.so"),
-    )
-}
 
 /// The bug suite, compiled without optimisations that would see through the bugs.
 fn suite() -> PathBuf {

@@ -32,14 +32,17 @@ impl<const N: usize> StackBuf<N> {
 
     /// The bytes written so far.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        // len <= N always (`get`: no panic path in a diagnostic).
+        self.buf.get(..self.len).unwrap_or(&[])
     }
 
     /// Appends bytes, dropping what does not fit.
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         let n = b.len().min(N - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
-        self.len += n;
+        if let (Some(to), Some(from)) = (self.buf.get_mut(self.len..self.len + n), b.get(..n)) {
+            to.copy_from_slice(from);
+            self.len += n;
+        }
         self
     }
 
@@ -134,7 +137,7 @@ pub fn write_all(fd: c_int, mut bytes: &[u8]) {
         // SAFETY: the pointer and length describe a live slice; write reads nothing else.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n > 0 {
-            bytes = &bytes[n as usize..];
+            bytes = bytes.get(n as usize..).unwrap_or(&[]);
         } else if n < 0 && errno() == libc::EINTR {
             continue;
         } else {

@@ -95,11 +95,12 @@ fn tick_round(force: bool) -> bool {
         }
     }
     let mut refused = [0u64; TICK_BATCH];
-    for (i, &(seg, mask)) in purge[..np].iter().enumerate() {
+    // Iterators, not slices of the batches: no panic path (np, nu <= TICK_BATCH).
+    for (&(seg, mask), r) in purge.iter().take(np).zip(refused.iter_mut()) {
         // SAFETY: the pages are reserved (`purging`): free, ours, and nobody can take them.
-        refused[i] = unsafe { purge_pages(seg, mask) };
+        *r = unsafe { purge_pages(seg, mask) };
     }
-    for &(seg, _) in &unmap[..nu] {
+    for &(seg, _) in unmap.iter().take(nu) {
         // SAFETY: the segment is off every list and out of the registry, and entirely free:
         // nothing refers to it any more.
         unsafe { os::unmap(seg as *mut u8, SEGMENT_SIZE) };
@@ -108,10 +109,10 @@ fn tick_round(force: bool) -> bool {
         // The pages count as dirty (committed) until the system call has returned them, so that
         // `heap_stats` never shows them neither cached nor returned.
         let mut guard = BACKEND.lock();
-        for &(_, dirty) in &unmap[..nu] {
+        for &(_, dirty) in unmap.iter().take(nu) {
             guard.dirty_pages -= dirty;
         }
-        for (&(seg, mask), &refused) in purge[..np].iter().zip(&refused) {
+        for (&(seg, mask), &refused) in purge.iter().take(np).zip(&refused) {
             guard.dirty_pages -= (mask & !refused).count_ones() as usize;
             // SAFETY: seg is still on the avail list (a segment with pages being purged is never
             // moved to the full list nor unmapped); we hold the lock.

@@ -254,15 +254,17 @@ pub fn cache_decay(force: bool) {
     let mut n = 0;
     let mut slots = HUGE_CACHE.lock();
     for m in slots.iter_mut() {
+        // `expired` has a slot per cache slot: `get_mut` always finds one (no panic path).
         if m.base != 0 && (force || now >= m.freed_ms + decay) {
-            expired[n] = (m.base, m.len);
+            let Some(e) = expired.get_mut(n) else { break };
+            *e = (m.base, m.len);
             n += 1;
             HUGE_CACHED.fetch_sub(m.len, Ordering::Relaxed);
             m.base = 0;
         }
     }
     drop(slots);
-    for &(base, len) in &expired[..n] {
+    for &(base, len) in expired.iter().take(n) {
         registry::set(base as *mut Segment, false);
         // SAFETY: the mapping left the cache under its lock: nobody else refers to it.
         unsafe { os::unmap(base as *mut u8, len) };

@@ -119,8 +119,11 @@ impl<T> Pool<T> {
                         let lo = (found as usize - chunk as usize) / os::page_size();
                         let hi = (found as usize + Self::slot_size() - 1 - chunk as usize)
                             / os::page_size();
+                        // The chunk's pages all have a bit (no panic path: `get_mut`).
                         for p in lo..=hi {
-                            (*chunk).purged[p / 64] &= !(1 << (p % 64));
+                            if let Some(w) = (*chunk).purged.get_mut(p / 64) {
+                                *w &= !(1 << (p % 64));
+                            }
                         }
                         break;
                     }
@@ -166,9 +169,12 @@ impl<T> Pool<T> {
         self.lock.lock();
         // SAFETY: item lies in chunk (chunks are aligned); we hold the lock.
         unsafe {
-            (*chunk).free[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
-            (*chunk).free_count += 1;
-            (*chunk).first_free_word = (*chunk).first_free_word.min(i / 64);
+            // i is a slot of the chunk, so its word exists (`get`: no panic path).
+            if let Some(w) = (*chunk).free.get(i / 64) {
+                w.fetch_or(1 << (i % 64), Ordering::Release);
+                (*chunk).free_count += 1;
+                (*chunk).first_free_word = (*chunk).first_free_word.min(i / 64);
+            }
         }
         self.in_use.fetch_sub(1, Ordering::Relaxed);
         self.lock.unlock();

@@ -193,8 +193,8 @@ unsafe fn take_pages(st: &mut BackendState, seg: *mut Segment, i: usize, n: usiz
             list_remove(&mut st.avail, seg);
             list_push(&mut st.full, seg);
         }
-        for p in i..i + n {
-            (*seg).page_map[p] = i as u8;
+        for m in (*seg).page_map.iter_mut().skip(i).take(n) {
+            *m = i as u8;
         }
         Span {
             seg,

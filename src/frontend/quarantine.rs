@@ -106,27 +106,31 @@ pub(super) unsafe fn put(s: *mut Slab) {
             }
             // The oldest waiting block leaves (the ring is not empty: a free slot with too many
             // bytes means some are waiting).
-            let Some(i) = (0..SLOTS)
-                .filter(|&i| !r.e[i].s.is_null())
-                .min_by_key(|&i| r.e[i].seq)
-            else {
+            // At most SLOTS leave, one per slot of `out` (`get_mut`: no panic path).
+            let oldest = (r.e.iter().enumerate())
+                .filter(|(_, x)| !x.s.is_null())
+                .min_by_key(|(_, x)| x.seq)
+                .map(|(i, _)| i);
+            let (Some(e), Some(o)) = (oldest.and_then(|i| r.e.get_mut(i)), out.get_mut(n)) else {
                 break free.unwrap_or(0);
             };
-            out[n] = r.e[i].s;
+            let x = core::mem::replace(&mut e.s, null_mut());
+            *o = x;
             n += 1;
-            r.bytes -= span_bytes(r.e[i].s);
-            r.e[i].s = null_mut();
+            r.bytes -= span_bytes(x);
         };
         r.seq += 1;
         let seq = r.seq;
-        r.e[slot] = Entry {
-            s,
-            seq,
-            freed_ms: now,
-        };
+        if let Some(e) = r.e.get_mut(slot) {
+            *e = Entry {
+                s,
+                seq,
+                freed_ms: now,
+            };
+        }
         r.bytes += bytes;
         drop(r);
-        for &x in &out[..n] {
+        for &x in out.iter().take(n) {
             release(x);
         }
     }
@@ -156,15 +160,15 @@ pub(super) fn take(npages: usize, usable: usize, align: usize) -> *mut Slab {
         }
     };
     // The oldest fitting one.
-    let found = (0..SLOTS)
-        .filter(|&i| fits(r.e[i]))
-        .min_by_key(|&i| r.e[i].seq);
-    let s = match found {
-        Some(i) => {
-            let s = r.e[i].s;
+    let found = (r.e.iter().enumerate())
+        .filter(|&(_, &x)| fits(x))
+        .min_by_key(|(_, x)| x.seq)
+        .map(|(i, _)| i);
+    let s = match found.and_then(|i| r.e.get_mut(i)) {
+        Some(e) => {
+            let s = core::mem::replace(&mut e.s, null_mut());
             // SAFETY: as above.
             r.bytes -= unsafe { span_bytes(s) };
-            r.e[i].s = null_mut();
             s
         }
         None => null_mut(),
@@ -179,19 +183,21 @@ pub(super) fn expire(force: bool) {
     let decay = DECAY_MS.load(Ordering::Relaxed);
     let mut out = [null_mut(); SLOTS];
     let mut n = 0;
-    let mut r = RING.lock();
-    for i in 0..SLOTS {
-        let x = r.e[i];
+    let mut guard = RING.lock();
+    let r = &mut *guard;
+    // `out` has a slot per ring slot (zipped: no panic path).
+    for (e, o) in r.e.iter_mut().zip(out.iter_mut()) {
+        let x = *e;
         if !x.s.is_null() && (force || now >= x.freed_ms + decay) {
-            out[n] = x.s;
+            *o = x.s;
             n += 1;
             // SAFETY: the descriptor is the ring's, read under its lock.
             r.bytes -= unsafe { span_bytes(x.s) };
-            r.e[i].s = null_mut();
+            e.s = null_mut();
         }
     }
-    drop(r);
-    for &x in &out[..n] {
+    drop(guard);
+    for &x in out.iter().filter(|x| !x.is_null()).take(n) {
         // SAFETY: x left the ring under its lock: it is ours alone.
         unsafe { release(x) };
     }

@@ -44,7 +44,11 @@ pub(super) fn alloc_slow(class: usize) -> *mut u8 {
         if (*heap).slow_count.is_multiple_of(MAINTENANCE_EVERY) {
             maintenance(heap, false);
         }
-        let size = SIZES[class] as i64;
+        // class < NCLASSES (alloc_small's contract): `get` only keeps a panic off this path.
+        let Some(&size) = SIZES.get(class) else {
+            return null_mut();
+        };
+        let size = size as i64;
         loop {
             let t = current_table(heap);
             if t.is_null() {
@@ -258,7 +262,8 @@ unsafe fn new_slab(heap: *mut Heap, t: *mut Table, class: usize) -> SlabSearch {
         // A shared slab keeps, after its blocks, the stub of each (see `frontend::shared`).
         let shared = (*t).owner_id != heap as usize;
         let per_block = size as usize + if shared { size_of::<*mut Slab>() } else { 0 };
-        (*s).capacity = (npages * PAGE_SIZE / per_block) as u32;
+        // per_block >= 16 (`max`: no division-by-zero panic on this path).
+        (*s).capacity = (npages * PAGE_SIZE / per_block.max(1)) as u32;
         (*s).blocks_bytes = (*s).capacity * size;
         (*s).class = class as u16;
         (*s).kind = KIND_SMALL;

@@ -483,8 +483,13 @@ pub(super) unsafe fn abandon_stubs(t: *mut Table) {
             (*t).stub_mask &= !(1 << (*stub).class);
             (*stub).tnext = null_mut();
             let heap = (*t).heap;
-            if !heap.is_null() && (*heap).stub_hint[(*stub).class as usize] == stub {
-                (*heap).stub_hint[(*stub).class as usize] = null_mut();
+            if !heap.is_null() {
+                // A stub's class is a small class: `get_mut` finds its hint (no panic path).
+                if let Some(h) = (*heap).stub_hint.get_mut((*stub).class as usize) {
+                    if *h == stub {
+                        *h = null_mut();
+                    }
+                }
             }
             take_stub_remote(stub);
             let c = (*stub).cache;

@@ -534,9 +534,9 @@ pub(super) unsafe fn list_push(t: *mut Table, class: usize, s: *mut Slab) {
 /// # Safety
 /// `t` is a live table of this thread and `s` is on its list for `class`.
 pub(super) unsafe fn list_remove(t: *mut Table, class: usize, s: *mut Slab) {
-    // SAFETY: s is on t's list for class.
+    // SAFETY: s is on t's list for class, so class < NCLASSES.
     unsafe {
-        let head = (*(*t).arrays).lists[class];
+        let head = *(*(*t).arrays).lists.get_unchecked(class);
         let next = (*s).tnext;
         if s == head {
             if !next.is_null() {

@@ -129,10 +129,14 @@ pub unsafe fn carve(first: *mut u8, size: usize, n: usize, tail: *mut Block) -> 
     let mut rng = os::mix64(unsafe { key(first.cast()) } ^ first as u64 ^ os::now_ns());
     for i in (1..n).rev() {
         rng = os::mix64(rng);
-        order.swap(i, (rng % (i as u64 + 1)) as usize);
+        let j = (rng % (i as u64 + 1)) as usize;
+        // j <= i < n <= order.len(): checked so that no panic path is left on the slow path.
+        if i < order.len() && j < order.len() {
+            order.swap(i, j);
+        }
     }
     let mut head = tail;
-    for &i in order[..n].iter() {
+    for &i in order.iter().take(n) {
         // SAFETY: block i < n lies in the carved range (the contract).
         unsafe {
             let b = first.add(i as usize * size).cast::<Block>();

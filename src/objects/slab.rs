@@ -309,7 +309,9 @@ impl Slab {
     pub unsafe fn extend(&mut self) {
         debug_assert!(self.carved < self.capacity);
         let size = self.block_size as usize;
-        let n = ((EXTEND_BYTES / size).max(4) as u32).min(self.capacity - self.carved) as usize;
+        // size >= 16 (`max`: no division-by-zero panic on this path).
+        let n =
+            ((EXTEND_BYTES / size.max(1)).max(4) as u32).min(self.capacity - self.carved) as usize;
         // SAFETY: objects carved..carved+n lie inside the slab's span (carved + n <= capacity),
         // and were never handed out: nobody else touches them; n <= EXTEND_BYTES / 16.
         #[cfg(feature = "secure")]

@@ -1,9 +1,10 @@
-//! What the tests that build the C library share (tests/ffi.rs, ffi_faults.rs, valgrind.rs):
-//! the repository's root, the check of a command's outcome, and a nested cargo run in a target
-//! directory of its own (so that it never waits for the lock of the cargo running the tests).
+//! What the tests that build the C library share (tests/ffi.rs, ffi_faults.rs, valgrind.rs,
+//! secure.rs, no_panic.rs): the repository's root, the check of a command's outcome, a nested
+//! cargo run in a target directory of its own (so that it never waits for the lock of the cargo
+//! running the tests), and the two release libraries built so.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The repository's root.
@@ -33,4 +34,34 @@ pub fn cargo_in(target: &Path, args: &[&str]) -> Output {
         .expect("run cargo");
     check(&out, &format!("cargo {}", args.join(" ")));
     out
+}
+
+/// libscopealloc.so and libscopealloc_secure.so, built by one cargo command (as
+/// `cargo build --release --workspace` does) unless given.
+pub fn libraries() -> (PathBuf, PathBuf) {
+    if let (Some(plain), Some(secure)) = (
+        std::env::var_os("SCOPEALLOC_SO"),
+        std::env::var_os("SCOPEALLOC_SECURE_SO"),
+    ) {
+        let (plain, secure) = (PathBuf::from(plain), PathBuf::from(secure));
+        assert!(plain.is_file() && secure.is_file(), "libraries not found");
+        return (plain, secure);
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-build");
+    cargo_in(
+        &target,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "scopealloc-ffi",
+            "-p",
+            "scopealloc-ffi-secure",
+        ],
+    );
+    let dir = target.join("release");
+    (
+        dir.join("libscopealloc.so"),
+        dir.join("libscopealloc_secure.so"),
+    )
 }
