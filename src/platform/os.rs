@@ -97,7 +97,11 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
     let Some(len) = round_to_pages(len) else {
         return core::ptr::null_mut();
     };
-    let Some(over) = len.checked_add(align) else {
+    // mmap's result is page-aligned already, so at most `align - page` bytes lie before an
+    // aligned start: a page-aligned request maps exactly its length and trims nothing (a thread's
+    // table index used to cost a second page and a munmap, which in a threaded process also
+    // interrupts the other cores to flush their TLBs).
+    let Some(over) = len.checked_add(align - page_size()) else {
         return core::ptr::null_mut();
     };
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
