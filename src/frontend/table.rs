@@ -266,9 +266,9 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
         (*t).hnext = null_mut();
         (*h).tables = t;
         (*h).ntables += 1;
-        // Past one table per bucket the index doubles (rehashing the list, t included); if the
-        // OS refuses, the chains grow longer instead.
-        if (*h).ntables <= (*h).nbuckets || !grow_index(h) {
+        // Up to LIST_ONLY tables a lookup walks the list; past one table per bucket the index
+        // doubles (rehashing the list, t included); if the OS refuses, the chains grow longer.
+        if (*h).ntables <= (*h).nbuckets.max(LIST_ONLY) || !grow_index(h) {
             index_insert(h, t);
         }
     }
@@ -277,12 +277,17 @@ pub(super) unsafe fn new_table(h: *mut Heap, s: *mut ScopeNode) -> *mut Table {
 
 // The heap's index of its tables: buckets of tables chained through `hnext`, keyed by scope
 // address, at most one table per bucket on average (the array doubles past that). Its array is
-// mapped from the OS, never from the global allocator. Invariant: when `nbuckets > 0`, every
-// table on the heap's list is in the index; with no array (the OS refused the first one), a
-// lookup walks the list.
+// mapped from the OS, never from the global allocator, once the heap has more than `LIST_ONLY`
+// tables. Invariant: when `nbuckets > 0`, every table on the heap's list is in the index; with no
+// array (at most LIST_ONLY tables, or the OS refused the first one), a lookup walks the list.
 
 /// Buckets of the first index array: one page.
 const MIN_BUCKETS: usize = 4096 / size_of::<*mut Table>();
+/// Tables a heap keeps without an index (a lookup walks them, newest first): a thread that
+/// allocates in the root scope and a few others maps no index, so that starting and ending a
+/// thread costs no `mmap` and no `munmap` for it (each `munmap` of a threaded process takes the
+/// mmap lock and interrupts the other cores to flush their TLBs).
+const LIST_ONLY: usize = 4;
 
 /// The bucket of scope `s` in `h`'s index (`nbuckets > 0`).
 ///
