@@ -27,17 +27,16 @@ pub static FREE_FAST_LIMIT: AtomicUsize = AtomicUsize::new(scopealloc::raw::UNTR
 /// Turns check mode on or off (`SCOPEALLOC_CHECK`), with the fast path's threshold.
 fn set_check(on: bool) {
     CHECK.store(on, Ordering::Relaxed);
-    let fast_max = if on {
-        0
+    // The check mode sends every malloc and free down the checked path.
+    let (fast_max, free_limit) = if on {
+        (0, 0)
     } else {
-        scopealloc::raw::MALLOC_SMALL_MAX
+        (
+            scopealloc::raw::MALLOC_SMALL_MAX,
+            scopealloc::raw::UNTRUSTED_LIMIT,
+        )
     };
     MALLOC_FAST_MAX.store(fast_max, Ordering::Relaxed);
-    let free_limit = if on {
-        0
-    } else {
-        scopealloc::raw::UNTRUSTED_LIMIT
-    };
     FREE_FAST_LIMIT.store(free_limit, Ordering::Relaxed);
 }
 

@@ -182,7 +182,6 @@ pub(super) fn expire(force: bool) {
     let now = os::now_ms();
     let decay = DECAY_MS.load(Ordering::Relaxed);
     let mut out = [null_mut(); SLOTS];
-    let mut n = 0;
     let mut guard = RING.lock();
     let r = &mut *guard;
     // `out` has a slot per ring slot (zipped: no panic path).
@@ -190,14 +189,13 @@ pub(super) fn expire(force: bool) {
         let x = *e;
         if !x.s.is_null() && (force || now >= x.freed_ms + decay) {
             *o = x.s;
-            n += 1;
             // SAFETY: the descriptor is the ring's, read under its lock.
             r.bytes -= unsafe { span_bytes(x.s) };
             e.s = null_mut();
         }
     }
     drop(guard);
-    for &x in out.iter().filter(|x| !x.is_null()).take(n) {
+    for &x in out.iter().filter(|x| !x.is_null()) {
         // SAFETY: x left the ring under its lock: it is ours alone.
         unsafe { release(x) };
     }

@@ -59,11 +59,11 @@ fn pad(key: u64, b: *const u8) -> u64 {
     (key.rotate_right(32) ^ b as u64) | 1
 }
 
-/// The bits of the pad word at byte `n` of a block of `size` bytes that lie before its trailer
-/// (`n < size - TRAILER`: at least one byte; fewer than 8 when the caller asks).
+/// The bits of a pad word that lie before the trailer, `room` bytes away (at least one byte;
+/// fewer than 8 when the caller asks).
 #[inline(always)]
-fn pad_mask(size: usize, n: usize) -> u64 {
-    let bytes = (size - TRAILER - n).min(8);
+fn pad_mask(room: usize) -> u64 {
+    let bytes = room.min(8);
     u64::MAX >> (64 - 8 * bytes)
 }
 
@@ -112,11 +112,12 @@ pub unsafe fn length(b: *mut u8, size: usize) -> usize {
             overwritten(b);
         }
         let n = n as usize;
-        if n < size - TRAILER {
+        let room = size - TRAILER - n;
+        if room > 0 {
             // An intact pad word (the common case: 8 bytes or more before the trailer) is one
             // compare; a difference counts only in the bytes before the trailer.
             let diff = b.add(n).cast::<u64>().read_unaligned() ^ pad(k, b);
-            if diff != 0 && (size - TRAILER - n >= 8 || diff & pad_mask(size, n) != 0) {
+            if diff != 0 && (room >= 8 || diff & pad_mask(room) != 0) {
                 overwritten(b);
             }
         }
