@@ -33,7 +33,7 @@ fn map_large(size: usize, align: usize, usable: usize, in_segment: bool) -> *mut
         #[cfg(feature = "secure")]
         let (npages, head) = guarded_span(usable, align);
         // Secure build: a quarantined span of as many pages whose block start suits `align`,
-        // all of it inaccessible; the new block's pages are opened, the rest stays the guards.
+        // its block's pages fitted to the new block, the rest of the span its guards.
         #[cfg(feature = "secure")]
         {
             let sl = super::quarantine::take(npages, usable, align);
@@ -166,30 +166,36 @@ unsafe fn set_guards(
     }
 }
 
-/// Secure build: opens the pages of a block of `usable` bytes at quarantined block `s`'s start,
-/// in a span that is inaccessible all through (`quarantine::put`), with one `mprotect`: what is
-/// left before and after it are the block's guards. False, with `s` released, if the kernel
-/// refused: the caller maps a fresh span.
+/// Secure build: fits quarantined block `s`'s pages to a block of `usable` bytes at its start:
+/// nothing to do for the same size; otherwise one `mprotect` opens the pages it gains or closes
+/// those it gives back to its after-guard (its pages are open, its guards closed:
+/// `quarantine::put`). False, with `s` released, if the kernel refused: the caller maps a fresh
+/// span.
 ///
 /// # Safety
 /// `s` is a quarantined descriptor the caller took from the quarantine; `usable` is whole OS
 /// pages and leaves at least one OS page of the span after the block (`quarantine::take`).
 #[cfg(feature = "secure")]
 unsafe fn open_block(s: *mut Slab, usable: usize) -> bool {
-    // SAFETY: the block lies in the span (the contract), which nobody uses.
+    // SAFETY: the block and its after-guard lie in the span (the contract), which nobody uses.
     unsafe {
-        let opened = os::protect((*s).start, usable, false);
-        if opened {
+        let old = (*s).block_size as usize;
+        let start = (*s).start;
+        let fitted = match usable.cmp(&old) {
+            core::cmp::Ordering::Equal => true,
+            core::cmp::Ordering::Greater => os::protect(start.add(old), usable - old, false),
+            core::cmp::Ordering::Less => os::protect(start.add(usable), old - usable, true),
+        };
+        if fitted {
             (*s).block_size = usable as u32;
         } else {
             super::quarantine::release(s);
         }
-        opened
+        fitted
     }
 }
 
-/// Secure build: makes the whole span of large block `s` accessible again (its guards, and its
-/// block if the quarantine closed it); false if the kernel refused (the span must then never be
+/// Secure build: makes the whole span of large block `s` accessible again (its guards); false if the kernel refused (the span must then never be
 /// handed out again).
 ///
 /// # Safety
@@ -313,7 +319,7 @@ unsafe fn release_large_memory(s: *mut Slab) {
             (*s).mark_free();
             huge::free_huge(seg);
         } else {
-            // Secure build: the block waits in the quarantine, guards up.
+            // Secure build: the block waits in the quarantine, poisoned, guards up.
             #[cfg(feature = "secure")]
             super::quarantine::put(s);
             #[cfg(not(feature = "secure"))]
