@@ -3,7 +3,8 @@
 //!
 //! Freed huge mappings stay in a small cache (16 MiB at most, for at most the decay time) so that
 //! a program that frees and allocates multi-MiB objects in a loop does not pay an mmap, a munmap
-//! and a page fault per page each time. The cache has its own lock, taken with no other held;
+//! and a page fault per page each time; a cached mapping serves any request it can hold, its
+//! tail cut off when it is much larger. The cache has its own lock, taken with no other held;
 //! no system call runs under it.
 
 use super::decay::DECAY_MS;
@@ -223,7 +224,13 @@ fn cache_put(base: *mut u8, len: usize) -> bool {
     kept
 }
 
-/// A cached mapping of at least `len` bytes and at most a quarter more; (base, its length).
+/// The smallest cached mapping of at least `len` bytes (whole pages), cut down to `len` when it
+/// is more than twice as long (its tail unmapped); (base, its length). The pages kept are
+/// already faulted in, which a fresh mapping's would be again, one by one; a mapping kept whole
+/// keeps its length for a larger request later (and at most as many bytes again as the block's
+/// committed, beyond its end, until it is freed). Serving only requests within a quarter of the
+/// mapping's length, the cache missed most of `pareto`'s (sizes spread over 2–4 MiB): 55 `mmap`
+/// and 76 `munmap` calls and 32 000 page faults, 42, 38 and 20 000 this way.
 fn cache_take(len: usize) -> Option<(*mut u8, usize)> {
     if HUGE_CACHED.load(Ordering::Relaxed) == 0 {
         return None;
@@ -231,7 +238,7 @@ fn cache_take(len: usize) -> Option<(*mut u8, usize)> {
     let mut slots = HUGE_CACHE.lock();
     let best = slots
         .iter_mut()
-        .filter(|m| m.base != 0 && m.len >= len && m.len - len <= len / 4)
+        .filter(|m| m.base != 0 && m.len >= len)
         .min_by_key(|m| m.len);
     let found = best.map(|m| {
         let got = (m.base as *mut u8, m.len);
@@ -240,7 +247,14 @@ fn cache_take(len: usize) -> Option<(*mut u8, usize)> {
         got
     });
     drop(slots);
-    found
+    let (base, cached) = found?;
+    if cached - len <= len {
+        return Some((base, cached));
+    }
+    // SAFETY: the tail lies in the mapping, which left the cache under its lock: it is ours
+    // alone, and nothing lies in it (its header is in the head, which we keep).
+    unsafe { os::unmap(base.add(len), cached - len) };
+    Some((base, len))
 }
 
 /// Unmaps cached huge mappings older than the decay time (all of them when `force`).

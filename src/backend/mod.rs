@@ -162,6 +162,48 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_huge_mapping_serves_a_smaller_request_and_is_cut_when_much_larger() {
+        // Pareto-sized programs free and allocate huge blocks of every size: a mapping that could
+        // serve only requests within a quarter of its size made most of them map afresh and
+        // fault every page in again (`pareto`: 32 000 page faults, 20 000 now).
+        let h = huge::alloc_huge(7 << 20, 16).expect("a huge mapping");
+        let p = h.start;
+        // SAFETY: the header is mapped; nothing uses the object.
+        let map_len = unsafe { (*h.seg).map_len };
+        // SAFETY: as above.
+        unsafe { huge::free_huge(h.seg) };
+        let smaller = huge::alloc_huge(4 << 20, 16).expect("a huge mapping");
+        assert_eq!(
+            smaller.start, p,
+            "the cached mapping serves a smaller request"
+        );
+        assert!(!smaller.fresh);
+        assert_eq!(smaller.usable, 4 << 20, "usable: what was asked, in pages");
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(
+                (*smaller.seg).map_len,
+                map_len,
+                "not cut: less than twice the request"
+            );
+            huge::free_huge(smaller.seg);
+        }
+        let much_smaller = huge::alloc_huge(3 << 20, 16).expect("a huge mapping");
+        assert_eq!(much_smaller.start, p);
+        // SAFETY: as above.
+        unsafe {
+            let cut = (*much_smaller.seg).map_len;
+            assert!(
+                cut < map_len && cut >= much_smaller.usable,
+                "cut to the request: {cut}"
+            );
+            assert!(registry::contains(much_smaller.seg));
+            huge::free_huge(much_smaller.seg);
+        }
+        huge::cache_decay(true);
+    }
+
+    #[test]
     fn no_system_call_runs_under_the_back_end_lock() {
         // Debug builds assert it in every mmap, munmap and madvise (`sync::syscalls_allowed`):
         // take enough spans for new segments, free them, and purge and unmap them all.
