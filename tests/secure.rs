@@ -225,40 +225,29 @@ fn secure_rust_a_quarantined_span_serves_its_size_without_mprotect_and_another_w
             protection_at(first as usize).starts_with("rw"),
             "a quarantined block's pages stay open"
         );
-        age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap()); // other spans: 10 pages
-        let calls = os_calls(OsCall::Protect);
-        let same = reused_zeroed(long, first, "the span serves a block of its size");
-        assert_eq!(
-            os_calls(OsCall::Protect) - calls,
-            0,
-            "no mprotect for a block of the same size"
-        );
-        assert_guarded(same, long.size());
-        same.write_bytes(0x22, long.size());
-        GLOBAL.dealloc(same, long);
-        age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap());
-        let calls = os_calls(OsCall::Protect);
-        let shorter = GLOBAL.alloc(short);
-        assert_eq!(shorter, first, "the span serves a shorter block");
-        assert_eq!(
-            os_calls(OsCall::Protect) - calls,
-            1,
-            "one mprotect: the guard"
-        );
-        assert_guarded(shorter, short.size());
-        shorter.write_bytes(0x33, short.size());
-        GLOBAL.dealloc(shorter, short);
-        age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap());
-        let calls = os_calls(OsCall::Protect);
-        let longer = reused_zeroed(long, first, "and a longer one again");
-        assert_eq!(
-            os_calls(OsCall::Protect) - calls,
-            1,
-            "one mprotect: the pages"
-        );
-        assert_guarded(longer, long.size());
-        longer.write_bytes(0x44, long.size());
-        GLOBAL.dealloc(longer, long);
+        // Each step: other spans (10 pages) age the quarantine, then the span serves `l` again
+        // (zeroed, for a block as long as the first) with `protects` mprotect calls, guarded.
+        let reuse = |l: Layout, protects: u64, what: &str, fill: u8| {
+            age_quarantine(Layout::from_size_align(600 << 10, 8).unwrap());
+            let calls = os_calls(OsCall::Protect);
+            let p = if l == long {
+                reused_zeroed(l, first, what)
+            } else {
+                GLOBAL.alloc(l)
+            };
+            assert_eq!(p, first, "{what}");
+            assert_eq!(
+                os_calls(OsCall::Protect) - calls,
+                protects,
+                "{what}: mprotect calls"
+            );
+            assert_guarded(p, l.size());
+            p.write_bytes(fill, l.size());
+            GLOBAL.dealloc(p, l);
+        };
+        reuse(long, 0, "the span serves a block of its size", 0x22);
+        reuse(short, 1, "a shorter block: its guard moved", 0x33);
+        reuse(long, 1, "a longer one again: its pages opened", 0x44);
     }
     scopealloc::trim();
 }
