@@ -162,8 +162,8 @@ pub(super) unsafe fn put(s: *mut Slab) {
 }
 
 /// A waiting span of `npages` pages that can hold a block of `usable` bytes aligned to `align`
-/// at its block's start (aligned so, with at least one OS page of the span after the new end),
-/// with at least [`AGE`] younger ones behind it, the oldest such. Its descriptor is the caller's
+/// (a power of two) at its block's start (aligned so, with at least one OS page of the span
+/// after the new end), with at least [`AGE`] younger ones behind it, the oldest such. Its descriptor is the caller's
 /// (still `KIND_QUARANTINED`, its poison checked, `block_size` the old block's: those pages are
 /// open, the rest of the span closed). Null when there is none.
 pub(super) fn take(npages: usize, usable: usize, align: usize) -> *mut Slab {
@@ -174,13 +174,15 @@ pub(super) fn take(npages: usize, usable: usize, align: usize) -> *mut Slab {
     // fitting one: the least key, a resized block's with its top bit set (`seq` never reaches
     // it). A plain loop over the entries' own figures: this search runs for every large
     // allocation.
+    // `align` is a power of two: a mask, not a division per entry.
+    let misaligned = align.wrapping_sub(1);
     let mut found = None;
     let mut best = u64::MAX;
     for (i, x) in r.e.iter().enumerate() {
         let fits = !x.s.is_null()
             && x.npages as usize == npages
             && x.seq + AGE <= seq
-            && x.start.is_multiple_of(align)
+            && x.start & misaligned == 0
             && usable + page <= x.room as usize;
         let key = x.seq | u64::from(x.usable as usize != usable) << 63;
         if fits && key < best {
