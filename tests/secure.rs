@@ -295,11 +295,11 @@ fn secure_rust_a_write_after_free_into_a_quarantined_block_is_caught() {
         ("page", "reuse"),
         ("none", "trim"),
     ] {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
-            .env("SCOPEALLOC_TEST_WRITE_AFTER_FREE", format!("{at},{leave}"))
-            .output()
-            .unwrap();
+        let out = rerun(
+            NAME,
+            "SCOPEALLOC_TEST_WRITE_AFTER_FREE",
+            &format!("{at},{leave}"),
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if at == "none" {
@@ -323,11 +323,7 @@ fn secure_rust_a_write_after_free_into_a_quarantined_block_is_caught() {
 /// other tests' memory too.
 #[cfg(feature = "secure")]
 fn rerun_alone(name: &str) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--test-threads=1", "--nocapture"])
-        .env("SCOPEALLOC_TEST_ALONE", "1")
-        .output()
-        .unwrap();
+    let out = rerun(name, "SCOPEALLOC_TEST_ALONE", "1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("1 passed"),
@@ -397,6 +393,17 @@ fn secure_rust_a_refused_reopening_refuses_cleanly() {
     scopealloc::trim();
 }
 
+/// Runs test `name` of this binary alone in a child process with `var` set to `value` (the
+/// child does the bug, and aborts if the allocator catches it); how it ended.
+#[cfg(feature = "secure")]
+fn rerun(name: &str, var: &str, value: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(var, value)
+        .output()
+        .unwrap()
+}
+
 /// Regression: the canary pad was one byte, so an overflow whose first byte happened to equal it
 /// (one random byte in 128) and that stopped short of the trailer went unseen: the bug suite's
 /// `overflow-32-memcpy-4k` was missed now and then. Here each overflow writes the pad's own first
@@ -430,11 +437,7 @@ fn secure_rust_an_overflow_that_begins_with_the_pad_byte_is_caught() {
     // (asked, bytes overflowed): 32 bytes into the slack of 4 KiB, 1000 B and 300 B blocks; 3 and
     // 7 bytes where the slack before the trailer is that long (a 128 B and a 64 B block).
     for (n, len) in [(4096, 32), (1000, 32), (300, 32), (117, 3), (49, 7)] {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
-            .env("SCOPEALLOC_TEST_OVERFLOW", format!("{n},{len}"))
-            .output()
-            .unwrap();
+        let out = rerun(NAME, "SCOPEALLOC_TEST_OVERFLOW", &format!("{n},{len}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && stderr.contains("was overwritten"),

@@ -26,20 +26,23 @@ fn a_slab_of_a_large_class_holds_four_objects() {
             .unwrap_or_else(|| panic!("a row for {size} B"))
             .clone()
     };
-    let b = row(28 << 10);
-    assert_eq!((b.objects, b.slabs), (1, 1));
-    assert_eq!(
-        b.free_bytes,
-        3 * (28 << 10),
-        "a slab of two 64 KiB pages: four objects of 28 KiB"
-    );
-    let s = row(1 << 10);
-    assert_eq!((s.objects, s.slabs), (1, 1));
-    assert_eq!(
-        s.free_bytes,
-        63 * (1 << 10),
-        "a small class keeps one 64 KiB page: 64 objects of 1 KiB"
-    );
+    // (object size, free objects beside the live one, why)
+    for (size, free, why) in [
+        (
+            28 << 10,
+            3,
+            "a slab of two 64 KiB pages: four objects of 28 KiB",
+        ),
+        (
+            1 << 10,
+            63,
+            "a small class keeps one 64 KiB page: 64 objects of 1 KiB",
+        ),
+    ] {
+        let c = row(size);
+        assert_eq!((c.objects, c.slabs), (1, 1), "{size} B");
+        assert_eq!(c.free_bytes, free * size, "{why}");
+    }
     drop((big, small));
     scope.close();
 }
