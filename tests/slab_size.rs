@@ -18,14 +18,6 @@ fn a_slab_of_a_large_class_holds_four_objects() {
     let big = scope.run(|| Box::new([1u8; 28 << 10]));
     let small = scope.run(|| Box::new([2u8; 1 << 10]));
     let r = scope.report();
-    let row = |size: u64| {
-        r.scopes[0]
-            .classes
-            .iter()
-            .find(|c| c.kind == ClassKind::Small && c.object_size == size)
-            .unwrap_or_else(|| panic!("a row for {size} B"))
-            .clone()
-    };
     // (object size, free objects beside the live one, why)
     for (size, free, why) in [
         (
@@ -39,7 +31,9 @@ fn a_slab_of_a_large_class_holds_four_objects() {
             "a small class keeps one 64 KiB page: 64 objects of 1 KiB",
         ),
     ] {
-        let c = row(size);
+        let c = (r.scopes[0].classes.iter())
+            .find(|c| c.kind == ClassKind::Small && c.object_size == size)
+            .unwrap_or_else(|| panic!("a row for {size} B"));
         assert_eq!((c.objects, c.slabs), (1, 1), "{size} B");
         assert_eq!(c.free_bytes, free * size, "{why}");
     }

@@ -195,8 +195,8 @@ unsafe fn open_block(s: *mut Slab, usable: usize) -> bool {
     }
 }
 
-/// Secure build: makes the whole span of large block `s` accessible again (its guards); false if the kernel refused (the span must then never be
-/// handed out again).
+/// Secure build: makes the whole span of large block `s` accessible again (its guards); false
+/// if the kernel refused (the span must then never be handed out again).
 ///
 /// # Safety
 /// `s` describes a large block that nobody uses any more.

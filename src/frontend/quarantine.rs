@@ -104,7 +104,7 @@ unsafe fn span_bytes(s: *const Slab) -> usize {
 pub(super) unsafe fn put(s: *mut Slab) {
     // SAFETY: s is ours alone (the contract) until it is in the ring, then the ring's.
     unsafe {
-        let bytes = span_bytes(s);
+        let (span_start, bytes) = span_of(s);
         // A span too large to wait goes back now.
         if bytes > BYTES {
             release(s);
@@ -112,14 +112,13 @@ pub(super) unsafe fn put(s: *mut Slab) {
         }
         poison(s);
         (*s).kind = KIND_QUARANTINED;
-        let (span_start, span_len) = span_of(s);
         let start = (*s).start as usize;
         let entry = Entry {
             s,
             seq: 0,
             freed_ms: os::now_ms(),
             start,
-            room: (span_start as usize + span_len - start) as u32,
+            room: (span_start as usize + bytes - start) as u32,
             usable: (*s).block_size,
             npages: (*s).npages,
         };
@@ -163,9 +162,9 @@ pub(super) unsafe fn put(s: *mut Slab) {
 
 /// A waiting span of `npages` pages that can hold a block of `usable` bytes aligned to `align`
 /// (a power of two) at its block's start (aligned so, with at least one OS page of the span
-/// after the new end), with at least [`AGE`] younger ones behind it, the oldest such. Its descriptor is the caller's
-/// (still `KIND_QUARANTINED`, its poison checked, `block_size` the old block's: those pages are
-/// open, the rest of the span closed). Null when there is none.
+/// after the new end), with at least [`AGE`] younger ones behind it, the oldest such. Its
+/// descriptor is the caller's (still `KIND_QUARANTINED`, its poison checked, `block_size` the old
+/// block's: those pages are open, the rest of the span closed). Null when there is none.
 pub(super) fn take(npages: usize, usable: usize, align: usize) -> *mut Slab {
     let page = os::page_size();
     let mut r = RING.lock();
